@@ -1,0 +1,174 @@
+"""Run configuration: YAML in, validated pydantic models out.
+
+YAML is read with ``yaml.safe_load`` only; nothing in a configuration is ever
+executed. Unknown keys are errors that name the key, because a misspelt option
+silently falling back to its default is the worst failure a batch job can have.
+
+Population entries are validated in two steps: here, the keys every population
+has (``segmenter``, ``device``, ...); then by the segmenter plugin's own
+parameter model (see :mod:`popseg_dask.segmenters`), which knows its keys.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .errors import PopsegError
+
+__all__ = [
+    "Strict",
+    "PopulationSpec",
+    "RunConfig",
+    "load_config",
+    "parse_config",
+    "validation_message",
+]
+
+_DIM_NAMES = set("tczyx")
+
+
+class Strict(BaseModel):
+    """Base model: unknown keys are errors, values are checked on assignment."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+
+
+class PopulationSpec(BaseModel):
+    """Keys common to every population; the rest belongs to its segmenter."""
+
+    model_config = ConfigDict(extra="allow")
+
+    segmenter: str = Field(description="Segmenter plugin name, e.g. 'threshold'.")
+    device: Literal["auto", "cpu", "gpu"] = "auto"
+
+    def params(self) -> dict[str, Any]:
+        """Segmenter-specific keys (everything but the common ones)."""
+        return dict(self.model_extra or {})
+
+
+class RunConfig(Strict):
+    """A whole run: one movie (or stack) and its populations."""
+
+    input: Path
+    channels: list[str] | None = None
+    dims: str | None = None
+    pixel_size_um: float | None = Field(default=None, gt=0)
+    output: Path | None = None
+    populations: dict[str, PopulationSpec] = Field(min_length=1)
+    base_dir: Path = Field(default=Path("."), exclude=True)
+
+    @field_validator("dims")
+    @classmethod
+    def _check_dims(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        v = v.lower()
+        if not set(v) <= _DIM_NAMES or len(set(v)) != len(v) or not {"y", "x"} <= set(v):
+            raise ValueError(
+                f"dims {v!r} must be distinct letters among t, c, z, y, x and include y and x (e.g. 'tcyx')"
+            )
+        return v
+
+    @field_validator("channels")
+    @classmethod
+    def _check_channels(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None and len(set(v)) != len(v):
+            raise ValueError(f"channel names must be unique, got {v}")
+        return v
+
+    @field_validator("populations")
+    @classmethod
+    def _check_population_names(cls, v: dict[str, PopulationSpec]) -> dict[str, PopulationSpec]:
+        for name in v:
+            if not name or not all(ch.isalnum() or ch in "_-." for ch in name) or name.startswith("."):
+                raise ValueError(
+                    f"population name {name!r} must be letters, digits, '_', '-' or '.' (it becomes a folder name)"
+                )
+        return v
+
+    def resolve(self, path: Path | str) -> Path:
+        """A path from the config, relative to the config file's folder."""
+        p = Path(path).expanduser()
+        return p if p.is_absolute() else (self.base_dir / p)
+
+
+def validation_message(err: ValidationError, where: str = "") -> str:
+    """One line naming every bad key and what is wrong with it."""
+    parts = []
+    for e in err.errors():
+        loc = ".".join(str(x) for x in (where, *e["loc"]) if x != "")
+        if e["type"] == "extra_forbidden":
+            parts.append(f"unknown key '{loc}' (check its spelling; see the config reference in README.md)")
+        elif e["type"] == "missing":
+            parts.append(f"missing required key '{loc}'")
+        else:
+            msg = e["msg"].removeprefix("Value error, ")
+            parts.append(f"'{loc}': {msg} (got {e.get('input')!r})")
+    return "; ".join(parts)
+
+
+def _yaml_inf(data: Any) -> Any:
+    # YAML's '.inf' already parses to float('inf'); accept the strings users write too.
+    if isinstance(data, dict):
+        return {k: _yaml_inf(v) for k, v in data.items()}
+    if isinstance(data, list):
+        return [_yaml_inf(v) for v in data]
+    if isinstance(data, str) and data.strip().lower() in {"inf", "+inf", "infinity", "np.inf"}:
+        return math.inf
+    return data
+
+
+def parse_config(data: Any, base_dir: Path | str = ".") -> RunConfig:
+    """Validate an already-parsed mapping into a :class:`RunConfig`.
+
+    Parameters
+    ----------
+    data : mapping
+        The configuration, as ``yaml.safe_load`` returns it.
+    base_dir : path
+        Folder that relative paths in the configuration are resolved against.
+
+    Raises
+    ------
+    PopsegError
+        If a key is unknown, missing or has a bad value.
+    """
+    if not isinstance(data, dict):
+        raise PopsegError("config must be a mapping of keys (input, populations, ...); got " + type(data).__name__)
+    try:
+        return RunConfig(**_yaml_inf(data), base_dir=Path(base_dir))
+    except ValidationError as err:
+        raise PopsegError("config error: " + validation_message(err)) from None
+    except TypeError as err:  # e.g. a non-string key at the top level
+        raise PopsegError(f"config error: {err}") from None
+
+
+def load_config(path: Path | str) -> RunConfig:
+    """Read and validate a YAML configuration file.
+
+    Parameters
+    ----------
+    path : path
+        The YAML file. Relative paths inside it are relative to its folder.
+
+    Returns
+    -------
+    RunConfig
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise PopsegError(f"config file not found: {path} (give the path of a YAML file)")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise PopsegError(f"config {path} is not valid YAML{where}: {getattr(err, 'problem', err)}") from None
+    except UnicodeDecodeError:
+        raise PopsegError(f"config {path} is not a text file (expected YAML)") from None
+    return parse_config(data, base_dir=path.parent)

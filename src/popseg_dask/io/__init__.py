@@ -1,0 +1,5 @@
+"""Reading movies and writing label images."""
+
+from .movie import describe, open_movie
+
+__all__ = ["open_movie", "describe"]

@@ -1,0 +1,96 @@
+"""The segmenter protocol.
+
+A segmenter turns pixels into a label image. It is a plain, picklable Python object
+that knows nothing of Dask: the pipeline decides where and on what block it runs.
+
+Contract
+--------
+* ``Params``: a pydantic model of the population keys it accepts (unknown keys are
+  errors). It is built as ``cls(params, channel_names)`` where ``channel_names`` are
+  the movie's channels.
+* ``channels``: the movie channels it reads, in the order they appear in ``block``.
+* ``halo``: pixels of context needed on each side of a tile (0 = whole frames only).
+* ``resources``: Dask worker resources its tasks need (e.g. ``{"GPU": 1}``), or None.
+* ``reference_frames()``: frames whose pixels its movie-level statistics need
+  (e.g. a histogram reference); ``movie_stats(frames)`` reduces them once per run.
+* ``__call__(block, stats)``: ``block`` is a ``(c, y, x)`` array in the movie's dtype,
+  ``stats`` what ``movie_stats`` returned (None if it needs none). Returns an integer
+  ``(y, x)`` label image, 0 for background; ids need not be ordered or contiguous —
+  the pipeline renumbers them canonically.
+
+Heavy state (a neural network) must be loaded lazily on first call, once per worker
+process, never pickled with the object.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any, ClassVar, Sequence
+
+import numpy as np
+from pydantic import ValidationError
+
+from ..config import Strict, validation_message
+from ..errors import PopsegError
+
+__all__ = ["Segmenter", "resolve_channel"]
+
+
+def resolve_channel(channel: str | int, channel_names: Sequence[str], population: str = "") -> str:
+    """Map a channel given by name or index to the movie's channel name."""
+    names = [str(c) for c in channel_names]
+    who = f"population '{population}': " if population else ""
+    if isinstance(channel, bool):
+        raise PopsegError(f"{who}channel must be a name or an index, got {channel!r}")
+    if isinstance(channel, int):
+        if str(channel) in names:
+            return str(channel)
+        if 0 <= channel < len(names):
+            return names[channel]
+        raise PopsegError(f"{who}channel index {channel} is out of range; the movie has channels {names}")
+    if str(channel) not in names:
+        raise PopsegError(f"{who}channel '{channel}' is not in the movie; its channels are {names}")
+    return str(channel)
+
+
+class Segmenter(ABC):
+    """Base class of segmenter plugins (see the module docstring for the contract)."""
+
+    name: ClassVar[str]
+    Params: ClassVar[type[Strict]]
+
+    channels: list[str]
+    halo: int = 0
+    resources: dict[str, float] | None = None
+
+    @classmethod
+    def from_config(cls, params: dict[str, Any], channel_names: Sequence[str], *,
+                    base_dir: Path = Path("."), population: str = "") -> "Segmenter":
+        """Validate a population's keys with :attr:`Params` and build the segmenter.
+
+        ``base_dir`` is the config file's folder, for paths in ``params``.
+        Plugins whose constructor takes ``(params, channel_names)`` need not override this.
+        """
+        try:
+            p = cls.Params(**params)
+        except ValidationError as err:
+            raise PopsegError("config error: " + validation_message(err, f"populations.{population}")) from None
+        return cls(p, channel_names)
+
+    def reference_frames(self) -> list[int]:
+        """Frames whose pixels :meth:`movie_stats` needs (default: none)."""
+        return []
+
+    def movie_stats(self, frames: dict[int, np.ndarray]) -> Any:
+        """Reduce the reference frames (each ``(c, y, x)``) to statistics passed to every call."""
+        return None
+
+    @abstractmethod
+    def __call__(self, block: np.ndarray, stats: Any = None) -> np.ndarray:
+        """Segment one block ``(c, y, x)`` into an integer ``(y, x)`` label image."""
+
+    def describe(self) -> dict[str, Any]:
+        """What goes into the run record about this segmenter."""
+        return {"segmenter": self.name, "channels": list(self.channels), "halo": self.halo,
+                "resources": self.resources}

@@ -1,0 +1,336 @@
+"""Traditional segmentation: filters, threshold, EDT markers, watershed, feature queries.
+
+A re-implementation of Celldetective 1.6.5's ``segment_frame_from_thresholds`` with
+the same steps in the same order, so that the same config gives the same masks
+(ids may differ; the pipeline renumbers them):
+
+1. NaN pixels of the target channel filled by nearest-neighbour interpolation;
+2. optional histogram matching to a reference frame of the movie (``equalize_reference``);
+3. the filter chain (:mod:`.filters`);
+4. pixels within ``thresholds`` (inclusive) become foreground; the frame border of width
+   :func:`.filters.edge_width` is cleared (``edge_exclusion``); holes filled (``fill_holes``);
+5. with ``do_watershed``: markers at the peaks of the Euclidean distance transform
+   (``peak_local_max`` with a square footprint of ``marker_footprint_size`` and
+   ``min_distance=marker_min_distance``), watershed of the negated distance inside the
+   mask, holes of each object filled; without: 4-connected components;
+6. every object matched by one of ``feature_queries`` is **removed**.
+
+Differences, on purpose: a query naming an unknown feature is a config error (there it
+is logged and skipped), and only the features the queries name are measured (there a
+full property table, Feret diameter included, is computed for every object).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+from pydantic import Field, ValidationError, field_validator, model_validator
+from scipy import ndimage as ndi
+
+from ..config import Strict, validation_message
+from ..errors import PopsegError
+from .base import Segmenter, resolve_channel
+from .filters import apply_filters, edge_width, interpolate_nan, validate_filters
+from .query import Query, QuerySyntaxError, parse_query
+
+__all__ = ["ThresholdParams", "ThresholdSegmenter", "fill_label_holes", "feature_names"]
+
+# Per-object features a query may name (skimage regionprops names, as Celldetective exposes them).
+SHAPE_FEATURES = (
+    "label", "area", "area_bbox", "area_convex", "area_filled", "axis_major_length",
+    "axis_minor_length", "eccentricity", "equivalent_diameter_area", "euler_number",
+    "feret_diameter_max", "orientation", "perimeter", "perimeter_crofton", "solidity",
+)
+_INTENSITY_STATS = ("mean", "max", "min")
+
+
+def _intensity_name(channel: str, stat: str) -> str:
+    # Celldetective renames 'intensity_<stat>-<i>' to '<channel>_<stat>', then '-' to '_'.
+    return f"{channel}_{stat}".replace("-", "_")
+
+
+def _raw_intensity_name(index: int, stat: str) -> str:
+    return f"intensity_{stat}-{index}"
+
+
+def feature_names(channel_names: Sequence[str]) -> list[str]:
+    """Every feature name a query may use for a movie with these channels."""
+    names = [*SHAPE_FEATURES, "centroid-0", "centroid-1", "radial_distance"]
+    names += [_intensity_name(str(c), s) for c in channel_names for s in _INTENSITY_STATS]
+    # The names Celldetective uses when it is given no channel names.
+    names += [_raw_intensity_name(i, s) for i in range(len(channel_names)) for s in _INTENSITY_STATS]
+    return names
+
+
+class ThresholdParams(Strict):
+    """Population keys of ``segmenter: threshold`` (Celldetective's threshold config)."""
+
+    channel: str | int | None = Field(None, description="Channel to threshold (name or index).")
+    thresholds: tuple[float, float] | None = Field(None, description="[low, high], inclusive; high may be .inf")
+    filters: list[Any] = Field(default_factory=list, description="[[name, args...], ...] applied in order")
+    marker_min_distance: int = Field(30, ge=1)
+    marker_footprint_size: int = Field(20, ge=1)
+    marker_footprint: list[list[int]] | None = Field(
+        None, description="explicit 0/1 footprint for marker detection; overrides marker_footprint_size")
+    feature_queries: list[str] = Field(default_factory=list, description="objects matching any query are removed")
+    do_watershed: bool = True
+    fill_holes: bool = True
+    edge_exclusion: bool = True
+    equalize_reference: int | None = Field(None, ge=0, description="frame whose histogram every frame is matched to")
+    threshold_config: Path | None = Field(None, description="Celldetective threshold_config_*.json to start from")
+
+    @field_validator("filters", mode="before")
+    @classmethod
+    def _filters(cls, v):
+        return validate_filters(v)
+
+    @field_validator("feature_queries", mode="before")
+    @classmethod
+    def _queries(cls, v):
+        if v is None:
+            return []
+        return [v] if isinstance(v, str) else v
+
+    @field_validator("feature_queries")
+    @classmethod
+    def _parse(cls, v):
+        for q in v:
+            if q.strip():
+                try:
+                    parse_query(q)
+                except QuerySyntaxError as err:
+                    raise ValueError(f"bad feature query: {err}") from None
+        return v
+
+    @field_validator("equalize_reference", mode="before")
+    @classmethod
+    def _equalize(cls, v):
+        # Celldetective writes [enabled, frame].
+        if isinstance(v, (list, tuple)):
+            if len(v) != 2:
+                raise ValueError("equalize_reference must be a frame index or [enabled, frame]")
+            return int(v[1]) if v[0] else None
+        return v
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.thresholds is not None:
+            lo, hi = self.thresholds
+            if math.isnan(lo) or math.isnan(hi) or lo > hi:
+                raise ValueError(f"thresholds must be [low, high] with low <= high, got {list(self.thresholds)}")
+        return self
+
+
+# Keys of Celldetective's threshold JSON and the population keys they become.
+_CD_KEYS = {"target_channel": "channel", "channel_names": None}
+
+
+def _load_threshold_json(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise PopsegError(f"threshold_config {path} not found; check the path (relative to the config file)")
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise PopsegError(f"threshold_config {path} is not valid JSON ({err})") from None
+    if not isinstance(data, dict):
+        raise PopsegError(f"threshold_config {path} must hold a JSON object")
+    out = {}
+    for k, v in data.items():
+        k2 = _CD_KEYS.get(k, k)
+        if k2 is not None:
+            out[k2] = v
+    return out
+
+
+def fill_label_holes(labels: np.ndarray) -> np.ndarray:
+    """Fill the holes of each object, one object at a time in id order.
+
+    Each object's mask is filled inside its bounding box grown by one pixel (where the
+    box does not touch the image border); a later id overwrites an earlier one where
+    filled regions overlap.
+    """
+    out = np.zeros_like(labels)
+    for i, box in enumerate(ndi.find_objects(labels), start=1):
+        if box is None:
+            continue
+        inner = [(s.start > 0, s.stop < n) for s, n in zip(box, labels.shape)]
+        grown = tuple(slice(s.start - int(a), s.stop + int(b)) for s, (a, b) in zip(box, inner))
+        crop = tuple(slice(int(a), -1 if b else None) for a, b in inner)
+        filled = ndi.binary_fill_holes(labels[grown] == i)[crop]
+        out[box][filled] = i
+    return out
+
+
+class ThresholdSegmenter(Segmenter):
+    """Celldetective-compatible threshold segmentation of one population."""
+
+    name = "threshold"
+    Params = ThresholdParams
+
+    def __init__(self, params: ThresholdParams, channel_names: Sequence[str], population: str = ""):
+        self.params = params
+        self.population = population
+        who = f"population '{population}'" if population else "threshold segmenter"
+        if params.channel is None:
+            raise PopsegError(f"{who}: 'channel' is required (the channel to threshold)")
+        if params.thresholds is None:
+            raise PopsegError(f"{who}: 'thresholds' is required, e.g. thresholds: [500, .inf]")
+        target = resolve_channel(params.channel, channel_names, population)
+        self.queries: list[Query] = [parse_query(q) for q in params.feature_queries if q.strip()]
+        known = set(feature_names(channel_names))
+        for q in self.queries:
+            unknown = q.names - known
+            if unknown:
+                raise PopsegError(
+                    f"{who}: feature query {q.text!r} uses unknown feature(s) {sorted(unknown)}; "
+                    f"known: {', '.join(sorted(known))}"
+                )
+        needed = {n for q in self.queries for n in q.names}
+        self.intensity_channels = [
+            str(c) for i, c in enumerate(channel_names)
+            if any(_intensity_name(str(c), s) in needed or _raw_intensity_name(i, s) in needed
+                   for s in _INTENSITY_STATS)
+        ]
+        self._channel_index = {str(c): i for i, c in enumerate(channel_names)}
+        self.channels = [target] + [c for c in self.intensity_channels if c != target]
+        self._needed = needed
+        self.edge = edge_width(params.filters) if params.edge_exclusion else None
+
+    @classmethod
+    def from_config(cls, params: dict[str, Any], channel_names: Sequence[str], *,
+                    base_dir: Path = Path("."), population: str = "") -> "ThresholdSegmenter":
+        """Build from population keys, merging a Celldetective ``threshold_config`` JSON first.
+
+        Keys written in the population win over the JSON's.
+        """
+        merged = dict(params)
+        if merged.get("threshold_config"):
+            path = Path(merged["threshold_config"]).expanduser()
+            path = path if path.is_absolute() else base_dir / path
+            from_json = _load_threshold_json(path)
+            merged = {**from_json, **merged}
+            merged["threshold_config"] = str(path)
+        try:
+            p = ThresholdParams(**merged)
+        except ValidationError as err:
+            raise PopsegError("config error: " + validation_message(err, f"populations.{population}")) from None
+        return cls(p, channel_names, population)
+
+    # --------------------------------------------------------------- stats
+    def reference_frames(self) -> list[int]:
+        r = self.params.equalize_reference
+        return [] if r is None else [r]
+
+    def movie_stats(self, frames: dict[int, np.ndarray]) -> Any:
+        r = self.params.equalize_reference
+        if r is None:
+            return None
+        return {"equalize_reference": _inf_to_nan(frames[r])[0]}
+
+    # --------------------------------------------------------------- segmentation
+    def __call__(self, block: np.ndarray, stats: Any = None) -> np.ndarray:
+        p = self.params
+        block = _inf_to_nan(np.asarray(block))
+        img = block[0]
+        if np.any(img != img):
+            img = interpolate_nan(img)
+        if p.equalize_reference is not None:
+            from skimage.exposure import match_histograms
+
+            img = match_histograms(img, stats["equalize_reference"])
+        img = apply_filters(img, p.filters)
+        binary = self._threshold(img)
+        if p.do_watershed:
+            labels = self._watershed(binary)
+        else:
+            labels, _ = ndi.label(binary.astype(int))
+        if self.queries:
+            labels = self._remove_matching(labels, block)
+        return labels
+
+    def _threshold(self, img: np.ndarray) -> np.ndarray:
+        lo, hi = self.params.thresholds
+        valid = img == img
+        binary = np.zeros(img.shape, dtype=bool)
+        binary[valid] = (img[valid] >= lo) & (img[valid] <= hi)
+        if self.edge is not None:
+            e = self.edge
+            binary[:e, :] = False
+            binary[binary.shape[0] - e:, :] = False
+            binary[:, :e] = False
+            binary[:, binary.shape[1] - e:] = False
+        if self.params.fill_holes:
+            binary = ndi.binary_fill_holes(binary)
+        return binary
+
+    def _watershed(self, binary: np.ndarray) -> np.ndarray:
+        from skimage.feature import peak_local_max
+        from skimage.segmentation import watershed
+
+        p = self.params
+        distance = ndi.distance_transform_edt(binary.astype(float))
+        if p.marker_footprint is not None:
+            footprint = np.asarray(p.marker_footprint)
+        else:
+            footprint = np.ones((p.marker_footprint_size, p.marker_footprint_size))
+        coords = peak_local_max(distance, footprint=footprint, labels=binary.astype(int),
+                                min_distance=p.marker_min_distance)
+        peaks = np.zeros(binary.shape, dtype=bool)
+        peaks[tuple(coords.T)] = True
+        markers, _ = ndi.label(peaks)
+        labels = watershed(-distance, markers, mask=binary)
+        if p.fill_holes:
+            labels = fill_label_holes(labels)
+        return labels
+
+    def _remove_matching(self, labels: np.ndarray, block: np.ndarray) -> np.ndarray:
+        from skimage.measure import regionprops_table
+
+        if not labels.any():
+            return labels
+        need = self._needed
+        props = ["label"] + [f for f in SHAPE_FEATURES if f in need and f != "label"]
+        if need & {"centroid-0", "centroid-1", "radial_distance"}:
+            props.append("centroid")
+        intensity = None
+        if self.intensity_channels:
+            idx = [self.channels.index(c) for c in self.intensity_channels]
+            intensity = np.moveaxis(block[idx], 0, -1)
+            props += [f"intensity_{s}" for s in _INTENSITY_STATS]
+        table = regionprops_table(labels, intensity_image=intensity, properties=props)
+        if intensity is not None:
+            for j, c in enumerate(self.intensity_channels):
+                for s in _INTENSITY_STATS:
+                    values = table.pop(f"intensity_{s}-{j}")
+                    table[_intensity_name(c, s)] = values
+                    table[_raw_intensity_name(self._channel_index[c], s)] = values
+        if "centroid-0" in table:
+            # Celldetective's formula, axes as it writes them.
+            table["radial_distance"] = np.sqrt(
+                (table["centroid-1"] - labels.shape[0] / 2) ** 2 + (table["centroid-0"] - labels.shape[1] / 2) ** 2
+            )
+        n = len(table["label"])
+        remove = np.zeros(n, dtype=bool)
+        for q in self.queries:
+            remove |= q.matches(table, n)
+        if remove.any():
+            labels = labels.copy()
+            labels[np.isin(labels, table["label"][remove])] = 0
+        return labels
+
+    def describe(self) -> dict[str, Any]:
+        d = super().describe()
+        d["params"] = self.params.model_dump(mode="json")
+        return d
+
+
+def _inf_to_nan(a: np.ndarray) -> np.ndarray:
+    # Celldetective's frame loader turns +-inf into NaN (and the frame into float) on load.
+    if a.dtype.kind == "f" and np.isinf(a).any():
+        a = a.astype(float)
+        a[np.isinf(a)] = np.nan
+    return a
