@@ -67,6 +67,10 @@ def open_client(
         finally:
             client.close()
         return
+    # The scheduler of an embedded cluster lives in this process: keep its INFO chatter
+    # out of the user's terminal (warnings and errors still show).
+    for name in ("distributed", "distributed.scheduler", "distributed.nanny", "distributed.core"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     n = n_workers or default_workers()
     if n < 1:
         raise PopsegError(f"--workers must be at least 1, got {n}")

@@ -72,6 +72,10 @@ def canonical_relabel(labels: np.ndarray) -> tuple[np.ndarray, int]:
         raise TypeError(f"label image must be integer, got {labels.dtype}")
     if labels.size and labels.min() < 0:
         raise ValueError("label image has negative ids")
+    if labels.size and int(labels.max()) > labels.size:
+        # Sparse ids (hashes, global ids): compact them so no table is sized by the largest.
+        _, inverse = np.unique(labels, return_inverse=True)
+        labels = inverse.reshape(labels.shape) + int(labels.min() > 0)
     ids, anchors = anchors_of(labels)
     n = len(ids)
     if n == 0:
@@ -87,7 +91,7 @@ def frame_offsets(counts) -> np.ndarray:
     counts = np.asarray(counts, dtype=np.int64)
     if counts.ndim != 1 or (counts < 0).any():
         raise ValueError("counts must be a 1-D array of non-negative integers")
-    return np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+    return np.cumsum(counts) - counts
 
 
 def label_dtype_for(total: int) -> np.dtype:

@@ -265,6 +265,7 @@ def _open_tiff(path: Path, dims: str | None, channels: list[str] | None):
         chunks=tuple(1 if a not in "yx" else n for a, n in zip(axes, shape)),
         asarray=False,
         fancy=False,
+        meta=np.empty((0,) * len(shape), dtype=dtype),  # else dask reads a slice to learn the type
         name=f"tiff-{path.name}-{os.stat(path).st_mtime_ns}",
     )
     if dims is not None and len(dims) == arr.ndim:
@@ -331,6 +332,12 @@ def describe(path: str | os.PathLike, **kwargs) -> dict:
     labels_dir = path / "labels"
     if path.is_dir() and labels_dir.is_dir():
         out["labels"] = _describe_labels(labels_dir)
+        try:
+            rec = dict(zarr.open_group(str(path), mode="r").attrs).get("popseg")
+        except Exception:
+            rec = None
+        if rec:
+            out["run"] = {k: rec.get(k) for k in ("complete", "input", "started", "finished")}
     try:
         movie = open_movie(path, **kwargs)
     except PopsegError:
