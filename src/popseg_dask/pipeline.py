@@ -207,6 +207,16 @@ def run(
     """
     t0 = time.perf_counter()
     plan = plan_run(config, in_place=in_place)
+    # Connect before touching the output: a cluster that cannot be reached leaves nothing behind.
+    if client is not None:
+        return _run_with(client, plan, overwrite, t0, progress, echo)
+    with open_client(scheduler, n_workers=n_workers) as c:
+        return _run_with(c, plan, overwrite, t0, progress, echo)
+
+
+def _run_with(client, plan: RunPlan, overwrite: bool, t0: float, progress: bool,
+              echo: Callable[[str], None]) -> dict[str, Any]:
+    config = plan.config
     store = LabelStore(plan.output, plan.ngff_version)
     store.prepare(overwrite=overwrite, in_place=plan.in_place, populations=[j.name for j in plan.jobs])
     record: dict[str, Any] = {
@@ -218,14 +228,6 @@ def run(
         "populations": {j.name: j.segmenter.describe() for j in plan.jobs},
     }
     store.write_record(record)
-    if client is not None:
-        return _run_with(client, plan, store, record, t0, progress, echo)
-    with open_client(scheduler, n_workers=n_workers) as c:
-        return _run_with(c, plan, store, record, t0, progress, echo)
-
-
-def _run_with(client, plan: RunPlan, store: LabelStore, record: dict, t0: float, progress: bool,
-              echo: Callable[[str], None]) -> dict[str, Any]:
     movie = plan.movie
     n_t, n_y, n_x = movie.sizes["t"], movie.sizes["y"], movie.sizes["x"]
     if getattr(client, "dashboard_link", None):

@@ -1,0 +1,21 @@
+"""popseg_dask: population-specific segmentation of microscopy movies on Dask.
+
+Public API
+----------
+open_movie
+    Open a movie lazily as an ``xarray.DataArray`` with dims (t, c, y, x).
+load_config, parse_config
+    Read and validate a run configuration.
+run
+    Segment every population of a movie and write globally numbered labels.
+PopsegError
+    The error raised for user mistakes and unusable inputs.
+"""
+
+from .config import RunConfig, load_config, parse_config
+from .errors import PopsegError
+from .io.movie import open_movie
+from .pipeline import run
+
+__all__ = ["open_movie", "load_config", "parse_config", "RunConfig", "run", "PopsegError"]
+__version__ = "0.1.0"
