@@ -35,10 +35,24 @@ class SyntheticMovie:
     pixel_size_um: float = 0.65
 
 
-def _star_mask(shape, cy, cx, radius, wobble, phases, yy, xx):
+def _window(cy, cx, reach, size):
+    """Slices of a square window around (cy, cx) and its coordinate grids."""
+    y0, y1 = max(0, int(cy - reach) - 1), min(size, int(cy + reach) + 2)
+    x0, x1 = max(0, int(cx - reach) - 1), min(size, int(cx + reach) + 2)
+    yy, xx = np.mgrid[y0:y1, x0:x1].astype(float)
+    return (slice(y0, y1), slice(x0, x1)), yy, xx
+
+
+def _disk(cy, cx, r, size):
+    win, yy, xx = _window(cy, cx, r, size)
+    return win, (yy - cy) ** 2 + (xx - cx) ** 2 <= r**2
+
+
+def _star(cy, cx, radius, wobble, phases, size):
+    win, yy, xx = _window(cy, cx, radius * (1 + sum(wobble)), size)
     ang = np.arctan2(yy - cy, xx - cx)
     r = radius * (1.0 + sum(w * np.sin(k * ang + p) for k, (w, p) in enumerate(zip(wobble, phases), start=2)))
-    return (yy - cy) ** 2 + (xx - cx) ** 2 <= r**2
+    return win, (yy - cy) ** 2 + (xx - cx) ** 2 <= r**2
 
 
 def _place(rng, n, radius_range, size, margin, existing=()):
@@ -80,7 +94,6 @@ def make_movie(n_frames: int = 6, size: int = 384, n_targets: int = 30, n_effect
         Random seed; the same seed gives the same movie.
     """
     rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:size, 0:size].astype(float)
     shape = (size, size)
     speed = {"targets": 0.8, "effectors": 1.5}
     # Celldetective's marker search ignores peaks near the frame edge: keep cells off it.
@@ -114,15 +127,13 @@ def make_movie(n_frames: int = 6, size: int = 384, n_targets: int = 30, n_effect
                         parts = [(centre + u * sep, rd), (centre - u * sep, rd)]
                     else:
                         parts = [(centre, tr["r"])]
-                    for (cy, cx), r in parts:
-                        m = (yy - cy) ** 2 + (xx - cx) ** 2 <= r**2
-                        nid += 1
-                        lab[m & (lab == 0)] = nid
+                    shapes = [_disk(cy, cx, r, size) for (cy, cx), r in parts]
                 else:
-                    cy, cx = centre
-                    m = _star_mask(shape, cy, cx, tr["r"], tr["wobble"], tr["phases"], yy, xx)
+                    shapes = [_star(*centre, tr["r"], tr["wobble"], tr["phases"], size)]
+                for win, m in shapes:
                     nid += 1
-                    lab[m & (lab == 0)] = nid
+                    sub = lab[win]
+                    sub[m & (sub == 0)] = nid
         sig_t = ndi.gaussian_filter((truth["targets"][t] > 0) * 900.0, 1.2)
         sig_e = ndi.gaussian_filter((truth["effectors"][t] > 0) * 450.0, 1.5)
         nuc = bg[0] + sig_t + 0.05 * sig_e + rng.normal(0, 18, shape)
