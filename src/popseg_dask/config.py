@@ -45,6 +45,17 @@ class PopulationSpec(BaseModel):
 
     segmenter: str = Field(description="Segmenter plugin name, e.g. 'threshold'.")
     device: Literal["auto", "cpu", "gpu"] = "auto"
+    tile: Literal["auto", "none"] | int | tuple[int, int] = Field(
+        "auto", description="core tile size [ty, tx]; auto: from the memory budget; none: whole frames")
+    halo: int | None = Field(None, ge=0, description="context pixels around a tile (default: the segmenter's)")
+    tile_memory_mb: float = Field(1024, gt=0, description="memory a tile task may use, for tile: auto")
+
+    @field_validator("tile")
+    @classmethod
+    def _tile(cls, v):
+        if isinstance(v, int) and v < 1 or isinstance(v, tuple) and min(v) < 1:
+            raise ValueError("tile sizes must be positive")
+        return v
 
     def params(self) -> dict[str, Any]:
         """Segmenter-specific keys (everything but the common ones)."""

@@ -27,16 +27,19 @@ from typing import Any, Callable
 import dask
 import numpy as np
 import xarray as xr
+from scipy import ndimage as ndi
 
 from .cluster import open_client
 from .config import RunConfig
 from .errors import PopsegError
-from .io.labels import LabelStore, relative_source
+from .io.labels import LabelStore, label_chunks, relative_source
 from .io.movie import open_movie
-from .segmenters import Segmenter, build_segmenter
-from .stitch import apply_offset, canonical_relabel, frame_offsets, label_dtype_for
+from .segmenters import Segmenter, WindowContext, build_segmenter
+from .stitch import (canonical_relabel, cluster_boxes, clusters, frame_offsets, group_boxes, label_dtype_for,
+                     number_from_provisional, provisional_ids, resolved_clusters)
+from .tiling import Tile, TilePlan, plan_tiles
 
-__all__ = ["PopulationJob", "RunPlan", "plan_run", "run", "default_output"]
+__all__ = ["PopulationJob", "RunPlan", "plan_run", "run", "default_output", "segment_frame"]
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +53,7 @@ class PopulationJob:
     name: str
     segmenter: Segmenter
     channel_index: list[int]
+    tiles: TilePlan
 
 
 @dataclass
@@ -102,7 +106,8 @@ def plan_run(config: RunConfig, *, in_place: bool = False) -> RunPlan:
                 raise PopsegError(
                     f"population '{pop}': reference frame {t} is outside the movie (frames 0..{movie.sizes['t'] - 1})"
                 )
-        jobs.append(PopulationJob(pop, seg, [names.index(c) for c in seg.channels]))
+        jobs.append(PopulationJob(pop, seg, [names.index(c) for c in seg.channels],
+                                  _tile_plan(pop, spec, seg, (movie.sizes["y"], movie.sizes["x"]))))
     source = movie.attrs["source"]
     if in_place:
         if source["format"] != "ome-zarr":
@@ -121,26 +126,222 @@ def plan_run(config: RunConfig, *, in_place: bool = False) -> RunPlan:
     return RunPlan(config, movie, jobs, Path(output), in_place, version)
 
 
+def _tile_plan(pop: str, spec, seg: Segmenter, frame_shape: tuple[int, int]) -> TilePlan:
+    halo = seg.halo if spec.halo is None else spec.halo
+    if spec.halo is not None and spec.halo < seg.halo:
+        log.warning("population %s: halo %d is below the segmenter's %d; more objects will be re-segmented "
+                    "in merged regions (results stay exact)", pop, spec.halo, seg.halo)
+    tile = spec.tile
+    if getattr(seg, "whole_frame_only", False) and tile != "none":
+        log.warning("population %s: its filters depend on a pixel's position in the frame (std, variance, "
+                    "niblack, sauvola); frames are segmented whole", pop)
+        tile = "none"
+    return plan_tiles(frame_shape, tile, halo, memory_bytes=spec.tile_memory_mb * 2**20)
+
+
 # --------------------------------------------------------------------------- tasks
 # Module-level functions: they are what workers run, and they pickle by reference.
 
-def _segment_frame(block: np.ndarray, stats: Any, segmenter: Segmenter, scratch: str, t: int) -> int:
-    import zarr
+_FRAME_CACHE: dict[str, np.ndarray] = {}
+_FRAME_CACHE_BYTES = 256 * 2**20
 
-    labels = segmenter(np.asarray(block)[0], stats)
+
+class FrameSource:
+    """One frame of a population's channels ``(c, y, x)``, read window by window inside tasks.
+
+    Holds a small dask graph (the frame's chunks only). Frames up to 256 MiB are read once
+    per worker process and sliced, since a window read decodes whole chunks anyway.
+    """
+
+    def __init__(self, frame):
+        (self.arr,) = dask.optimize(frame)
+        self.shape = tuple(frame.shape)
+        self.nbytes = int(np.prod(self.shape)) * frame.dtype.itemsize
+
+    def read(self, window: tuple[int, int, int, int]) -> np.ndarray:
+        y0, y1, x0, x1 = window
+        if self.nbytes <= _FRAME_CACHE_BYTES:
+            full = _FRAME_CACHE.get(self.arr.name)
+            if full is None:
+                full = np.asarray(self.arr.compute(scheduler="sync"))
+                if len(_FRAME_CACHE) >= 2:
+                    _FRAME_CACHE.pop(next(iter(_FRAME_CACHE)))
+                _FRAME_CACHE[self.arr.name] = full
+            return full[:, y0:y1, x0:x1]
+        return np.asarray(self.arr[:, y0:y1, x0:x1].compute(scheduler="sync"))
+
+
+@dataclass
+class TileResult:
+    """What a tile hands to its frame's merge: owned anchors, unresolved boxes, its vote."""
+
+    anchors: np.ndarray
+    unresolved: list
+    vote: bool
+    seconds: float = 0.0
+
+
+def _context(window, frame_shape) -> WindowContext:
+    y0, y1, x0, x1 = window
+    return WindowContext(tuple(frame_shape), (y0, x0), (y0 > 0, y1 < frame_shape[0], x0 > 0, x1 < frame_shape[1]))
+
+
+def _frame_stats_task(source: FrameSource, stats: Any, segmenter: Segmenter) -> Any:
+    if not segmenter.needs_frame_stats:
+        return stats
+    return segmenter.frame_stats(source.read((0, source.shape[1], 0, source.shape[2])), stats)
+
+
+def _tile_stats_task(source: FrameSource, stats: Any, segmenter: Segmenter, tile: Tile) -> Any:
+    ctx = _context(tile.window, source.shape[1:])
+    return segmenter.tile_stats(source.read(tile.window), stats, ctx, tile.core_in_window)
+
+
+def _reduce_stats_task(partials: list, stats: Any, segmenter: Segmenter) -> Any:
+    return segmenter.reduce_tile_stats(list(partials), stats)
+
+
+def _segment_window(segmenter: Segmenter, block: np.ndarray, stats: Any, ctx: WindowContext):
+    """Segment a window; return compact labels, cluster labels, resolved flags per cluster, vote."""
+    labels, support, vote = segmenter.segment_window(block, stats, ctx)
     if labels.shape != block.shape[-2:]:
         raise RuntimeError(f"segmenter {segmenter.name} returned shape {labels.shape} for a block of {block.shape}")
     local, n = canonical_relabel(labels)
-    zarr.open_array(scratch, mode="r+")[t] = local
-    return n
+    cl, nc = clusters(np.asarray(support, bool) | (local > 0), segmenter.link)
+    ok = resolved_clusters(cl, nc, ctx.artificial, max(segmenter.halo, 1))
+    if n:
+        # an object is exact when every cluster it touches is resolved
+        keep = np.ones(n + 1, bool)
+        keep[1:] = ndi.minimum(ok[cl].astype(np.uint8), local, index=np.arange(1, n + 1)).astype(bool)
+    else:
+        keep = np.ones(1, bool)
+    return local, cl, ok, keep, vote
 
 
-def _number_frame(scratch: str, final: str, t: int, offset: int, dtype: str) -> int:
+def _tile_task(source: FrameSource, stats: Any, segmenter: Segmenter, tile: Tile, scratch: str, t: int) -> TileResult:
+    t0 = time.perf_counter()
+    Y, X = source.shape[1:]
+    ctx = _context(tile.window, (Y, X))
+    local, cl, ok, keep, vote = _segment_window(segmenter, source.read(tile.window), stats, ctx)
+    prov, anchors = provisional_ids(local, keep, ctx.origin, X, _prov_dtype(Y, X))
+    cy, cx = tile.core_in_window
+    y0, y1, x0, x1 = tile.core
+    _open_array(scratch, "r+")[t, y0:y1, x0:x1] = prov[cy, cx]
+    ay, ax = (anchors - 1) // X, (anchors - 1) % X
+    owned = anchors[(ay >= y0) & (ay < y1) & (ax >= x0) & (ax < x1)]
+    bad = np.unique(cl[cy, cx])
+    bad = bad[(bad > 0) & ~ok[bad]]
+    boxes = [(b[0] + ctx.origin[0], b[1] + ctx.origin[0], b[2] + ctx.origin[1], b[3] + ctx.origin[1])
+             for b in cluster_boxes(cl, bad)]
+    return TileResult(owned, boxes, vote, time.perf_counter() - t0)
+
+
+def _merge_task(source: FrameSource, stats: Any, segmenter: Segmenter, results: list, scratch: str, t: int,
+                tile_shape: tuple[int, int]) -> tuple[np.ndarray, dict]:
+    """Resolve what no tile could: grow a window around each group of cut clusters until exact."""
+    t0 = time.perf_counter()
+    Y, X = source.shape[1:]
+    dtype = _prov_dtype(Y, X)
+    out = _open_array(scratch, "r+")
+    info = {"regions": 0, "whole_frame": False, "tile_s": sum(r.seconds for r in results)}
+    if len(results) > 1 and all(r.vote for r in results):
+        groups = [(0, Y, 0, X)]
+        info["whole_frame"] = True
+        log.info("frame %d: segmented whole (the segmenter asked for the whole frame)", t)
+    else:
+        groups = group_boxes([b for r in results for b in r.unresolved])
+    anchors = [r.anchors for r in results]
+    step = max(segmenter.halo, 1)
+    for g in groups:
+        grow = segmenter.halo
+        while True:
+            window = (max(0, g[0] - grow), min(Y, g[1] + grow), max(0, g[2] - grow), min(X, g[3] + grow))
+            ctx = _context(window, (Y, X))
+            local, cl, ok, keep, _ = _segment_window(segmenter, source.read(window), stats, ctx)
+            gy0, gy1, gx0, gx1 = g[0] - window[0], g[1] - window[0], g[2] - window[2], g[3] - window[2]
+            ids = np.unique(cl[gy0:gy1, gx0:gx1])
+            ids = ids[ids > 0]
+            if ok[ids].all() or ctx.is_whole_frame:
+                break
+            grow += max(step, *tile_shape)
+        if window == (0, Y, 0, X):
+            info["whole_frame"] = True
+        info["regions"] += 1
+        # objects of the group's clusters: every pixel of them, wherever it lies in the window
+        in_group = np.zeros(int(cl.max()) + 1, bool)
+        in_group[ids] = True
+        sel = keep.copy()
+        if local.max() > 0:
+            obj_cluster = ndi.maximum(cl, local, index=np.arange(1, int(local.max()) + 1)).astype(np.int64)
+            sel[1:] &= in_group[obj_cluster]
+        prov, anc = provisional_ids(local, sel, (window[0], window[2]), X, dtype)
+        region = out[t, window[0]:window[1], window[2]:window[3]]
+        cover = np.isin(cl, ids)
+        region[cover] = prov[cover]
+        out[t, window[0]:window[1], window[2]:window[3]] = region
+        anchors.append(anc)
+    info["merge_s"] = time.perf_counter() - t0
+    return np.unique(np.concatenate(anchors)) if anchors else np.zeros(0, np.int64), info
+
+
+def _open_array(a, mode: str):
     import zarr
 
-    local = zarr.open_array(scratch, mode="r")[t]
-    zarr.open_array(final, mode="r+")[t] = apply_offset(local, offset, np.dtype(dtype))
+    return zarr.open_array(a, mode=mode) if isinstance(a, str) else a
+
+
+def segment_frame(segmenter: Segmenter, frame: np.ndarray, tile=None, halo: int | None = None,
+                  stats: Any = None) -> tuple[np.ndarray, dict]:
+    """Segment one frame ``(c, y, x)`` exactly as a run does — tiles, merges, numbering — in this process.
+
+    Parameters
+    ----------
+    segmenter : Segmenter
+    frame : array (c, y, x)
+        The channels the segmenter reads, in its order.
+    tile : None, "none", int or (ty, tx)
+        Core tile size (None: whole frame).
+    halo : int, optional
+        Window padding (default: the segmenter's halo).
+    stats : optional
+        Movie statistics (what ``segmenter.movie_stats`` returns).
+
+    Returns
+    -------
+    labels : (y, x) uint32 array
+        Ids 1..n in raster order of the objects' first pixels.
+    info : dict
+        Merged regions, whole-frame fallback, task times.
+    """
+    import dask.array as da
+    import zarr
+
+    frame = np.asarray(frame)
+    Y, X = frame.shape[-2:]
+    plan = plan_tiles((Y, X), tile, segmenter.halo if halo is None else halo)
+    src = FrameSource(da.from_array(frame, chunks=frame.shape))
+    scratch = zarr.create_array(store=zarr.storage.MemoryStore(), shape=(1, Y, X), chunks=(1, *plan.tile),
+                                dtype=_prov_dtype(Y, X), fill_value=0)
+    if segmenter.needs_frame_stats:
+        stats = _frame_stats_task(src, stats, segmenter)
+    if segmenter.needs_tile_stats:
+        stats = segmenter.reduce_tile_stats([_tile_stats_task(src, stats, segmenter, t) for t in plan], stats)
+    results = [_tile_task(src, stats, segmenter, t, scratch, 0) for t in plan]
+    anchors, info = _merge_task(src, stats, segmenter, results, scratch, 0, plan.tile)
+    return number_from_provisional(scratch[0], anchors, 0), info
+
+
+def _number_task(scratch: str, final: str, t: int, window, anchors: np.ndarray, offset: int, dtype: str) -> int:
+    import zarr
+
+    y0, y1, x0, x1 = window
+    prov = zarr.open_array(scratch, mode="r")[t, y0:y1, x0:x1]
+    zarr.open_array(final, mode="r+")[t, y0:y1, x0:x1] = number_from_provisional(prov, anchors, offset, np.dtype(dtype))
     return t
+
+
+def _prov_dtype(Y: int, X: int) -> np.dtype:
+    return np.dtype(np.uint32) if Y * X < np.iinfo(np.uint32).max else np.dtype(np.uint64)
 
 
 # --------------------------------------------------------------------------- run
@@ -236,33 +437,43 @@ def _run_with(client, plan: RunPlan, overwrite: bool, t0: float, progress: bool,
          f"populations: {', '.join(j.name for j in plan.jobs)}; output: {plan.output}")
     timings: dict[str, float] = {"plan_s": time.perf_counter() - t0}
 
-    # Pass 1: segment every frame of every population.
+    # Pass 1: frame statistics, tiles, merges — every frame of every population.
     t1 = time.perf_counter()
     tasks, spans = [], {}
     for job in plan.jobs:
-        scratch = store.create_scratch(job.name, (n_t, n_y, n_x))
-        data = movie.data[:, job.channel_index].rechunk({0: 1, 1: -1, 2: -1, 3: -1})
-        stats = None
-        if job.segmenter.reference_frames():
-            refs = {t: data[t] for t in job.segmenter.reference_frames()}
-            stats = dask.delayed(job.segmenter.movie_stats, pure=True)(refs)
-        seg = dask.delayed(job.segmenter, pure=True, traverse=False)
-        blocks = data.to_delayed().ravel()
+        seg, tiles = job.segmenter, job.tiles
+        scratch = store.create_scratch(job.name, (n_t, n_y, n_x), tiles.tile, _prov_dtype(n_y, n_x))
+        data = movie.data[:, job.channel_index]
+        stats0 = None
+        if seg.reference_frames():
+            refs = {t: data[t] for t in seg.reference_frames()}
+            stats0 = dask.delayed(seg.movie_stats, pure=True)(refs)
+        seg_d = dask.delayed(seg, pure=True, traverse=False)
         start = len(tasks)
-        with dask.annotate(resources=job.segmenter.resources) if job.segmenter.resources else contextlib.nullcontext():
-            for t in range(n_t):
-                tasks.append(dask.delayed(_segment_frame, pure=False)(blocks[t], stats, seg, scratch, t))
+        annotate = dask.annotate(resources=seg.resources) if seg.resources else contextlib.nullcontext()
+        for t in range(n_t):
+            src = dask.delayed(FrameSource(data[t]), pure=True, traverse=False)
+            stats = dask.delayed(_frame_stats_task, pure=True)(src, stats0, seg_d) if seg.needs_frame_stats else stats0
+            if seg.needs_tile_stats:
+                parts = [dask.delayed(_tile_stats_task, pure=True)(src, stats, seg_d, tile) for tile in tiles]
+                stats = dask.delayed(_reduce_stats_task, pure=True)(parts, stats, seg_d)
+            with annotate:
+                results = [dask.delayed(_tile_task, pure=False)(src, stats, seg_d, tile, scratch, t) for tile in tiles]
+                tasks.append(dask.delayed(_merge_task, pure=False)(src, stats, seg_d, results, scratch, t, tiles.tile))
         spans[job.name] = (start, len(tasks))
-    echo(f"segmenting {len(tasks)} frames ...")
-    counts_all = _compute(client, tasks, progress)
+    echo(f"segmenting {n_t} frames x {len(plan.jobs)} population(s) "
+         f"({', '.join(f'{j.name}: {len(j.tiles)} tile(s)/frame' for j in plan.jobs)}) ...")
+    merged = _compute(client, tasks, progress)
     timings["segment_s"] = time.perf_counter() - t1
 
-    # Pass 2: global ids = per-frame offsets (prefix sum) + local ids.
+    # Pass 2: final ids = frame offset (prefix sum of counts) + rank of the object's anchor.
     t2 = time.perf_counter()
     tasks, per_pop = [], {}
     for job in plan.jobs:
         a, b = spans[job.name]
-        counts = np.asarray(counts_all[a:b], dtype=np.int64)
+        anchors = [m[0] for m in merged[a:b]]
+        infos = [m[1] for m in merged[a:b]]
+        counts = np.asarray([len(x) for x in anchors], dtype=np.int64)
         offsets = frame_offsets(counts)
         total = int(counts.sum())
         dtype = label_dtype_for(total)
@@ -273,9 +484,23 @@ def _run_with(client, plan: RunPlan, overwrite: bool, t0: float, progress: bool,
             scale=movie.attrs["scale"], unit_to_um=movie.attrs["source"].get("unit_to_um"),
         )
         scratch = str(store.scratch_path(job.name))
+        cy, cx = label_chunks((n_y, n_x))[1:]
         for t in range(n_t):
-            tasks.append(dask.delayed(_number_frame, pure=False)(scratch, final, t, int(offsets[t]), dtype.str))
-        per_pop[job.name] = {"n_objects": total, "objects_per_frame": counts.tolist(), "dtype": dtype.name}
+            for y0 in range(0, n_y, cy):
+                for x0 in range(0, n_x, cx):
+                    win = (y0, min(n_y, y0 + cy), x0, min(n_x, x0 + cx))
+                    tasks.append(dask.delayed(_number_task, pure=False)(
+                        scratch, final, t, win, anchors[t], int(offsets[t]), dtype.str))
+        tile_s = sum(i["tile_s"] for i in infos)
+        merge_s = sum(i["merge_s"] for i in infos)
+        per_pop[job.name] = {
+            "n_objects": total, "objects_per_frame": counts.tolist(), "dtype": dtype.name,
+            "tile": list(job.tiles.tile), "halo": job.tiles.halo, "tiles_per_frame": len(job.tiles),
+            "merged_regions": int(sum(i["regions"] for i in infos)),
+            "whole_frame_fallbacks": 0 if job.tiles.untiled else int(sum(i["whole_frame"] for i in infos)),
+            "tile_task_s": tile_s, "merge_task_s": merge_s,
+            "stitch_share": merge_s / (tile_s + merge_s) if tile_s + merge_s > 0 else 0.0,
+        }
     _compute(client, tasks, progress)
     timings["number_s"] = time.perf_counter() - t2
 

@@ -106,3 +106,149 @@ def apply_offset(local: np.ndarray, offset: int, dtype=np.uint32) -> np.ndarray:
     if offset:
         np.add(out, dt.type(offset), out=out, where=out > 0)
     return out
+
+
+# --------------------------------------------------------------------------- tiles
+#
+# Stitching by resolution, not by matching. A segmenter run on a padded window is exact for a
+# *cluster* — a group of support pixels linked within ``link`` pixels (see ``clusters``) — whose
+# pixels all lie at least ``margin`` pixels from every artificial window edge: everything the
+# segmentation of that cluster depends on is then inside the window and exact. Such a cluster is
+# *resolved*; every tile that resolves a cluster computes the same labels for it. Objects get a
+# provisional id, the global raster index of their first pixel plus one, which any window that
+# resolves them computes identically, so tiles write their cores without talking to each other.
+# Clusters no tile resolves (cut by tiles, larger than the halo) are re-segmented per frame in a
+# window grown around the union of their pieces until they are resolved (at worst, the frame).
+
+def clusters(support: np.ndarray, link: int) -> tuple[np.ndarray, int]:
+    """Label the clusters of a support mask: pixels joined when within ``link`` (Chebyshev).
+
+    Two support pixels belong to the same cluster when a chain of support pixels joins them with
+    steps of Chebyshev length at most ``2 * ceil(link / 2) + 1`` (>= ``link`` + 1).
+
+    Returns
+    -------
+    labels : int32 array
+        Cluster id at support pixels, 0 elsewhere.
+    n : int
+    """
+    support = np.asarray(support, dtype=bool)
+    h = -(-int(link) // 2)
+    grown = ndi.binary_dilation(support, structure=np.ones((2 * h + 1, 2 * h + 1), bool)) if h else support
+    lab, n = ndi.label(grown, structure=np.ones((3, 3), bool))
+    lab = lab.astype(np.int32, copy=False)
+    lab[~support] = 0
+    return lab, int(n)
+
+
+def resolved_clusters(cluster_labels: np.ndarray, n: int, artificial: tuple[bool, bool, bool, bool],
+                      margin: int) -> np.ndarray:
+    """Which clusters are at least ``margin`` pixels from every artificial window edge.
+
+    Returns a boolean array indexed by cluster id (index 0, background, is True).
+    """
+    H, W = cluster_labels.shape
+    ok = np.ones(n + 1, dtype=bool)
+    top, bottom, left, right = artificial
+    bands = []
+    if top:
+        bands.append(cluster_labels[:margin, :])
+    if bottom:
+        bands.append(cluster_labels[max(0, H - margin):, :])
+    if left:
+        bands.append(cluster_labels[:, :margin])
+    if right:
+        bands.append(cluster_labels[:, max(0, W - margin):])
+    for band in bands:
+        ok[np.unique(band)] = False
+    ok[0] = True
+    return ok
+
+
+def cluster_boxes(cluster_labels: np.ndarray, ids) -> list[tuple[int, int, int, int]]:
+    """Bounding boxes (y0, y1, x0, x1) of the given cluster ids, in the array's coordinates."""
+    boxes = ndi.find_objects(cluster_labels)
+    out = []
+    for i in ids:
+        b = boxes[i - 1]
+        out.append((b[0].start, b[0].stop, b[1].start, b[1].stop))
+    return out
+
+
+def group_boxes(boxes) -> list[tuple[int, int, int, int]]:
+    """Union-find over boxes that overlap or touch; returns the bounding box of each group.
+
+    Groups are returned in a deterministic order (by their top-left corner).
+    """
+    boxes = [tuple(int(v) for v in b) for b in boxes]
+    parent = list(range(len(boxes)))
+
+    def find(i):
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    # boxes are few (one per cut cluster piece); sort-and-sweep keeps it near-linear
+    order = sorted(range(len(boxes)), key=lambda i: boxes[i][0])
+    active: list[int] = []
+    for i in order:
+        y0, y1, x0, x1 = boxes[i]
+        active = [j for j in active if boxes[j][1] >= y0]
+        for j in active:
+            b = boxes[j]
+            if b[2] <= x1 and x0 <= b[3]:
+                ri, rj = find(i), find(j)
+                if ri != rj:
+                    parent[max(ri, rj)] = min(ri, rj)
+        active.append(i)
+    groups: dict[int, list[int]] = {}
+    for i in range(len(boxes)):
+        groups.setdefault(find(i), []).append(i)
+    out = []
+    for members in groups.values():
+        ys0, ys1, xs0, xs1 = zip(*(boxes[m] for m in members))
+        out.append((min(ys0), max(ys1), min(xs0), max(xs1)))
+    return sorted(out)
+
+
+def provisional_ids(labels: np.ndarray, keep: np.ndarray, origin: tuple[int, int], frame_width: int,
+                    dtype=np.uint32) -> tuple[np.ndarray, np.ndarray]:
+    """Replace each kept object's id by its provisional global id (raster index of its first pixel + 1).
+
+    Parameters
+    ----------
+    labels : (H, W) int array
+        Objects of a window, ids 1..n in any order (compacted by ``canonical_relabel`` first).
+    keep : (n + 1,) bool array
+        Which ids to keep (index 0 ignored); others become 0.
+    origin : (y0, x0)
+        The window's position in the frame.
+    frame_width : int
+
+    Returns
+    -------
+    prov : (H, W) array of ``dtype``
+    anchors : (k,) int64 array
+        Sorted provisional ids of the kept objects.
+    """
+    ids, anchors = anchors_of(labels)
+    lut = np.zeros(int(ids[-1]) + 1 if len(ids) else 1, dtype=dtype)
+    if len(ids):
+        sel = keep[ids]
+        glob = (anchors[sel, 0] + origin[0]) * frame_width + (anchors[sel, 1] + origin[1]) + 1
+        lut[ids[sel]] = glob.astype(dtype)
+        return lut[labels], np.sort(glob.astype(np.int64))
+    return lut[labels], np.zeros(0, np.int64)
+
+
+def number_from_provisional(prov: np.ndarray, anchors: np.ndarray, offset: int, dtype=np.uint32) -> np.ndarray:
+    """Final ids from provisional ones: rank among the frame's sorted anchors + 1 + ``offset``."""
+    out = np.zeros(prov.shape, dtype=dtype)
+    fg = prov > 0
+    if fg.any():
+        rank = np.searchsorted(anchors, prov[fg].astype(np.int64))
+        if (rank >= len(anchors)).any() or (anchors[np.minimum(rank, len(anchors) - 1)] != prov[fg]).any():
+            raise RuntimeError("a provisional id has no anchor: the stitching invariants were violated")
+        out[fg] = (rank + 1 + offset).astype(dtype)
+    return out

@@ -98,11 +98,12 @@ class LabelStore:
             raise PopsegError(f"cannot write output {self.root}: {err.strerror}; choose a writable 'output'") from None
         shutil.rmtree(self.root / ".popseg", ignore_errors=True)
 
-    def create_scratch(self, population: str, shape: tuple[int, int, int]) -> str:
-        """Create the scratch array for a population's local (per-frame) labels."""
+    def create_scratch(self, population: str, shape: tuple[int, int, int], tile: tuple[int, int],
+                       dtype=np.uint32) -> str:
+        """Create the scratch array of a population's provisional ids, chunked by the tile cores."""
         p = self.scratch_path(population)
         zarr.create_array(
-            store=str(p), shape=shape, chunks=label_chunks(shape[1:]), dtype=np.uint32,
+            store=str(p), shape=shape, chunks=(1, *tile), dtype=dtype,
             fill_value=0, zarr_format=self.zarr_format, overwrite=True,
         )
         return str(p)

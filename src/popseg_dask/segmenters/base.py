@@ -9,7 +9,11 @@ Contract
   errors). It is built as ``cls(params, channel_names)`` where ``channel_names`` are
   the movie's channels.
 * ``channels``: the movie channels it reads, in the order they appear in ``block``.
-* ``halo``: pixels of context needed on each side of a tile (0 = whole frames only).
+* ``halo``: pixels of context needed on each side of a tile. A group of objects (a *cluster*,
+  see ``link``) whose pixels are all at least ``halo`` pixels from every cut of a window must
+  come out of that window exactly as from the whole frame.
+* ``link``: objects closer than this (Chebyshev, pixels) may influence each other's
+  segmentation and are resolved together (0: objects are independent).
 * ``resources``: Dask worker resources its tasks need (e.g. ``{"GPU": 1}``), or None.
 * ``reference_frames()``: frames whose pixels its movie-level statistics need
   (e.g. a histogram reference); ``movie_stats(frames)`` reduces them once per run.
@@ -17,6 +21,11 @@ Contract
   ``stats`` what ``movie_stats`` returned (None if it needs none). Returns an integer
   ``(y, x)`` label image, 0 for background; ids need not be ordered or contiguous —
   the pipeline renumbers them canonically.
+* Tiles: ``frame_stats``/``tile_stats``/``reduce_tile_stats`` compute statistics of the whole
+  frame before any tile is segmented (defaults: none), and ``segment_window(block, stats, ctx)``
+  segments a padded window (default: ``__call__``), returning the labels, the *support* mask
+  whose clusters decide exactness (default: the labels' foreground), and a vote that the frame
+  must be segmented whole (default: False).
 
 Heavy state (a neural network) must be loaded lazily on first call, once per worker
 process, never pickled with the object.
@@ -25,6 +34,7 @@ process, never pickled with the object.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Sequence
 
@@ -34,7 +44,28 @@ from pydantic import ValidationError
 from ..config import Strict, validation_message
 from ..errors import PopsegError
 
-__all__ = ["Segmenter", "resolve_channel"]
+__all__ = ["Segmenter", "WindowContext", "resolve_channel"]
+
+
+@dataclass(frozen=True)
+class WindowContext:
+    """Where a block sits: the frame's shape, the window's origin, its artificial edges.
+
+    ``artificial`` is (top, bottom, left, right): True where the window edge lies inside the
+    frame (the segmenter sees a cut there), False on the frame's own edges.
+    """
+
+    frame_shape: tuple[int, int]
+    origin: tuple[int, int] = (0, 0)
+    artificial: tuple[bool, bool, bool, bool] = (False, False, False, False)
+
+    @property
+    def is_whole_frame(self) -> bool:
+        return not any(self.artificial)
+
+    @classmethod
+    def whole(cls, frame_shape) -> "WindowContext":
+        return cls(tuple(int(v) for v in frame_shape))
 
 
 def resolve_channel(channel: str | int, channel_names: Sequence[str], population: str = "") -> str:
@@ -62,7 +93,10 @@ class Segmenter(ABC):
 
     channels: list[str]
     halo: int = 0
+    link: int = 0
     resources: dict[str, float] | None = None
+    needs_frame_stats: bool = False
+    needs_tile_stats: bool = False
 
     @classmethod
     def from_config(cls, params: dict[str, Any], channel_names: Sequence[str], *,
@@ -86,11 +120,30 @@ class Segmenter(ABC):
         """Reduce the reference frames (each ``(c, y, x)``) to statistics passed to every call."""
         return None
 
+    def frame_stats(self, frame: np.ndarray, stats: Any) -> Any:
+        """Statistics of a whole frame ``(c, y, x)`` (run when ``needs_frame_stats``)."""
+        return stats
+
+    def tile_stats(self, block: np.ndarray, stats: Any, ctx: WindowContext,
+                   core: tuple[slice, slice]) -> Any:
+        """Partial frame statistics from one tile's core (run when ``needs_tile_stats``)."""
+        return None
+
+    def reduce_tile_stats(self, partials: list, stats: Any) -> Any:
+        """Combine the tiles' partial statistics into the frame's."""
+        return stats
+
     @abstractmethod
     def __call__(self, block: np.ndarray, stats: Any = None) -> np.ndarray:
         """Segment one block ``(c, y, x)`` into an integer ``(y, x)`` label image."""
 
+    def segment_window(self, block: np.ndarray, stats: Any, ctx: WindowContext
+                       ) -> tuple[np.ndarray, np.ndarray, bool]:
+        """Segment a window of a frame: (labels, support mask, whole-frame vote)."""
+        labels = self(block, stats)
+        return labels, labels > 0, False
+
     def describe(self) -> dict[str, Any]:
         """What goes into the run record about this segmenter."""
         return {"segmenter": self.name, "channels": list(self.channels), "halo": self.halo,
-                "resources": self.resources}
+                "link": self.link, "resources": self.resources}

@@ -141,16 +141,26 @@ def _invert(img, value=65535):
     return np.subtract(fill, img, out=img.copy(), where=img == img)
 
 
-def _otsu(img):
+def _otsu_threshold(img):
     from skimage.filters import threshold_otsu
 
-    return (img >= threshold_otsu(img.astype(float))).astype(float)
+    return threshold_otsu(img.astype(float))
 
 
-def _multiotsu(img, classes=3):
+def _otsu(img, *, _frame=None):
+    thresh = _otsu_threshold(img) if _frame is None else _frame
+    return (img >= thresh).astype(float)
+
+
+def _multiotsu_thresholds(img, classes=3):
     from skimage.filters import threshold_multiotsu
 
-    return np.digitize(img, bins=threshold_multiotsu(img, classes=classes)).astype(float)
+    return threshold_multiotsu(img, classes=classes)
+
+
+def _multiotsu(img, classes=3, *, _frame=None):
+    bins = _multiotsu_thresholds(img, classes) if _frame is None else _frame
+    return np.digitize(img, bins=bins).astype(float)
 
 
 def _local(img):
@@ -245,16 +255,88 @@ def validate_filters(filters: Any) -> list[list[Any]]:
     return out
 
 
-def apply_filters(img: np.ndarray, filters: list[list[Any]]) -> np.ndarray:
-    """Apply filters in order; the input array is never modified."""
-    for name, *args in filters:
-        spec = FILTERS[name]
-        if len(args) > len(spec.params):
-            log.warning("filter %s: arguments %s beyond %s are ignored (as in Celldetective)",
-                        name, args[len(spec.params):], [p for p, _ in spec.params])
-            args = args[: len(spec.params)]
-        img = spec.func(img, *args)
+# Filters whose parameters come from the whole frame (computed once per frame, then given to tiles).
+FRAME_GLOBAL = {"otsu": _otsu_threshold, "multiotsu": _multiotsu_thresholds}
+# Filters computed with running sums (scipy's uniform filter, skimage's integral images): their
+# rounding depends on a pixel's position in the frame, so a tile cannot reproduce them bit for bit.
+POSITION_DEPENDENT = frozenset({"variance", "std", "niblack", "sauvola"})
+
+
+def _bound_args(name: str, args: list) -> list:
+    spec = FILTERS[name]
+    if len(args) > len(spec.params):
+        log.warning("filter %s: arguments %s beyond %s are ignored (as in Celldetective)",
+                    name, args[len(spec.params):], [p for p, _ in spec.params])
+        args = args[: len(spec.params)]
+    return args
+
+
+def apply_filters(img: np.ndarray, filters: list[list[Any]], frame_params: dict[int, Any] | None = None
+                  ) -> np.ndarray:
+    """Apply filters in order; the input array is never modified.
+
+    ``frame_params`` maps the index of a frame-global filter (Otsu, multi-Otsu) to its
+    thresholds computed on the whole frame (:func:`frame_filter_params`); without it they are
+    computed on ``img`` itself, which is right only when ``img`` is the whole frame.
+    """
+    for k, (name, *args) in enumerate(filters):
+        args = _bound_args(name, args)
+        if frame_params is not None and k in frame_params:
+            img = FILTERS[name].func(img, *args, _frame=frame_params[k])
+        else:
+            img = FILTERS[name].func(img, *args)
     return img
+
+
+def frame_filter_params(img: np.ndarray, filters: list[list[Any]]) -> dict[int, Any]:
+    """Thresholds of the frame-global filters of a chain, computed on the whole frame."""
+    out: dict[int, Any] = {}
+    last = max((k for k, (name, *_) in enumerate(filters) if name in FRAME_GLOBAL), default=-1)
+    for k, (name, *args) in enumerate(filters[: last + 1]):
+        args = _bound_args(name, args)
+        if name in FRAME_GLOBAL:
+            out[k] = FRAME_GLOBAL[name](img, *args)
+            img = FILTERS[name].func(img, *args, _frame=out[k])
+        else:
+            img = FILTERS[name].func(img, *args)
+    return out
+
+
+def _gauss_radius(sigma) -> int:
+    return int(max(np.atleast_1d(np.asarray(sigma, dtype=float))) * 4.0 + 0.5)
+
+
+def filter_reach(name: str, args: list) -> int:
+    """Pixels of input beyond which a filter's output at a pixel cannot depend."""
+    args = list(args) + [None] * 4
+    half = lambda v: int(np.ceil(float(v))) // 2 + 1  # noqa: E731 - windows, rounded up, even sizes
+    if name == "gauss":
+        return _gauss_radius(args[0])
+    if name in ("median", "maximum", "minimum", "variance", "std"):
+        return half(args[0])
+    if name == "percentile":
+        return half(args[1])
+    if name == "laplace":
+        return 1
+    if name == "dog":
+        blob, lo, hi = args[0], args[1] if args[1] is not None else 1, args[2] if args[2] is not None else 2
+        if blob is not None:
+            hi = np.sqrt(2) / (1.0 + np.sqrt(2)) * blob
+        return _gauss_radius(max(lo, hi))
+    if name == "log":
+        return _gauss_radius(args[1] if args[1] is not None else 1) + 1
+    if name == "tophat":
+        return 2
+    if name == "local":
+        return 2
+    if name in ("niblack", "sauvola"):
+        return 8
+    return 0
+
+
+def filter_support(filters: list[list[Any]]) -> int:
+    """Reach of a whole chain: the sum of its filters' reaches."""
+    return sum(filter_reach(name, args) for name, *args in filters)
 
 
 def edge_width(filters: list[list[Any]]) -> int | None:

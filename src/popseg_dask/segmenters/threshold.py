@@ -33,8 +33,9 @@ from scipy import ndimage as ndi
 
 from ..config import Strict, validation_message
 from ..errors import PopsegError
-from .base import Segmenter, resolve_channel
-from .filters import apply_filters, edge_width, interpolate_nan, validate_filters
+from .base import Segmenter, WindowContext, resolve_channel
+from .filters import (FRAME_GLOBAL, POSITION_DEPENDENT, apply_filters, edge_width, filter_support,
+                      frame_filter_params, interpolate_nan, validate_filters)
 from .query import Query, QuerySyntaxError, parse_query
 
 __all__ = ["ThresholdParams", "ThresholdSegmenter", "fill_label_holes", "feature_names"]
@@ -220,6 +221,40 @@ class ThresholdSegmenter(Segmenter):
             raise PopsegError("config error: " + validation_message(err, f"populations.{population}")) from None
         return cls(p, channel_names, population)
 
+    # --------------------------------------------------------------- tiling facts
+    @property
+    def whole_frame_only(self) -> bool:
+        """Filters whose rounding depends on the pixel's place in the frame forbid tiles."""
+        return any(name in POSITION_DEPENDENT for name, *_ in self.params.filters)
+
+    @property
+    def peak_reach(self) -> int:
+        p = self.params
+        if p.marker_footprint is not None:
+            return max(np.asarray(p.marker_footprint).shape) // 2 + 1
+        return p.marker_footprint_size // 2 + 1
+
+    @property
+    def link(self) -> int:  # type: ignore[override]
+        # Watershed couples objects through peak suppression (min_distance) and the peak
+        # search's footprint; without it objects are independent components.
+        if not self.params.do_watershed:
+            return 1
+        return max(self.params.marker_min_distance, self.peak_reach) + 1
+
+    @property
+    def halo(self) -> int:  # type: ignore[override]
+        return filter_support(self.params.filters) + self.link + 2
+
+    @property
+    def needs_frame_stats(self) -> bool:  # type: ignore[override]
+        return self.params.equalize_reference is not None or any(
+            name in FRAME_GLOBAL for name, *_ in self.params.filters)
+
+    @property
+    def needs_tile_stats(self) -> bool:  # type: ignore[override]
+        return self.params.do_watershed
+
     # --------------------------------------------------------------- stats
     def reference_frames(self) -> list[int]:
         r = self.params.equalize_reference
@@ -228,66 +263,224 @@ class ThresholdSegmenter(Segmenter):
     def movie_stats(self, frames: dict[int, np.ndarray]) -> Any:
         r = self.params.equalize_reference
         if r is None:
-            return None
+            return {}
         return {"equalize_reference": _inf_to_nan(frames[r])[0]}
+
+    def frame_stats(self, frame: np.ndarray, stats: Any) -> dict[str, Any]:
+        """Whole-frame facts: NaN present, histogram-matching table, Otsu-type thresholds."""
+        out = dict(stats or {})
+        frame = _inf_to_nan(np.asarray(frame))
+        img = frame[0]
+        if np.any(img != img):
+            # Nearest-neighbour filling of NaNs reaches arbitrarily far: segment this frame whole.
+            out["whole"] = True
+            return out
+        if self.params.equalize_reference is not None:
+            from skimage.exposure import match_histograms
+
+            matched = match_histograms(img, out["equalize_reference"])
+            values, first = np.unique(img, return_index=True)
+            out["equalize_table"] = (values, matched.ravel()[first])
+            img = matched
+        out["filter_params"] = frame_filter_params(img, self.params.filters)
+        out.pop("equalize_reference", None)
+        return out
+
+    def tile_stats(self, block, stats, ctx, core):
+        """Core's share of the frame facts the peak search needs: foreground box, background."""
+        stats = stats or {}
+        if stats.get("whole"):
+            return None
+        binary = self._binary(block, stats, ctx, fill=False)
+        cy, cx = core
+        oy, ox = ctx.origin
+        Y, X = ctx.frame_shape
+        md = self.params.marker_min_distance
+        sub = binary[cy, cx]
+        gy0, gx0 = oy + cy.start, ox + cx.start
+        # After hole filling, background remains iff some frame-edge pixel is background.
+        edge = np.zeros(sub.shape, bool)
+        if gy0 == 0:
+            edge[0, :] = True
+        if gy0 + sub.shape[0] == Y:
+            edge[-1, :] = True
+        if gx0 == 0:
+            edge[:, 0] = True
+        if gx0 + sub.shape[1] == X:
+            edge[:, -1] = True
+        has_bg = bool((edge & ~sub).any())
+        # skimage's peak search looks only at the box of the foreground inside a strip of
+        # min_distance along the frame edge; the box is a frame-wide fact.
+        yy0, yy1 = max(md - gy0, 0), min(Y - md - gy0, sub.shape[0])
+        xx0, xx1 = max(md - gx0, 0), min(X - md - gx0, sub.shape[1])
+        box = None
+        if yy0 < yy1 and xx0 < xx1:
+            inner = sub[yy0:yy1, xx0:xx1]
+            if inner.any():
+                rows = np.flatnonzero(inner.any(axis=1))
+                cols = np.flatnonzero(inner.any(axis=0))
+                box = (gy0 + yy0 + rows[0], gy0 + yy0 + rows[-1] + 1, gx0 + xx0 + cols[0], gx0 + xx0 + cols[-1] + 1)
+        return box, has_bg
+
+    def reduce_tile_stats(self, partials, stats):
+        out = dict(stats or {})
+        if out.get("whole"):
+            return out
+        boxes = [p[0] for p in partials if p is not None and p[0] is not None]
+        has_bg = any(p[1] for p in partials if p is not None)
+        if boxes:
+            b = np.asarray(boxes)
+            out["roi"] = (int(b[:, 0].min()), int(b[:, 1].max()), int(b[:, 2].min()), int(b[:, 3].max()))
+        else:
+            out["roi"] = None
+        if not has_bg and out["roi"] is not None:
+            out["whole"] = True  # no background at all: the distance map has no zero; do it whole
+        return out
+
+    def _frame_facts(self, frame: np.ndarray, stats: Any) -> dict[str, Any]:
+        """All frame statistics, computed on a whole frame at once."""
+        ctx = WindowContext.whole(frame.shape[-2:])
+        st = self.frame_stats(frame, stats) if self.needs_frame_stats else dict(stats or {})
+        if self.needs_tile_stats:
+            whole = (slice(0, frame.shape[-2]), slice(0, frame.shape[-1]))
+            st = self.reduce_tile_stats([self.tile_stats(frame, st, ctx, whole)], st)
+        return st
 
     # --------------------------------------------------------------- segmentation
     def __call__(self, block: np.ndarray, stats: Any = None) -> np.ndarray:
-        p = self.params
-        block = _inf_to_nan(np.asarray(block))
-        img = block[0]
-        if np.any(img != img):
-            img = interpolate_nan(img)
-        if p.equalize_reference is not None:
-            from skimage.exposure import match_histograms
+        """Segment a whole frame ``(c, y, x)``."""
+        block = np.asarray(block)
+        stats = self._frame_facts(block, stats)
+        return self.segment_window(block, stats, WindowContext.whole(block.shape[-2:]))[0]
 
-            img = match_histograms(img, stats["equalize_reference"])
-        img = apply_filters(img, p.filters)
-        binary = self._threshold(img)
-        if p.do_watershed:
-            labels = self._watershed(binary)
+    def segment_window(self, block, stats, ctx):
+        """Segment a window; exact for clusters ``halo`` pixels from its artificial edges."""
+        block = _inf_to_nan(np.asarray(block))
+        stats = stats or {}
+        if stats.get("whole") and not ctx.is_whole_frame:
+            empty = np.zeros(block.shape[-2:], np.int32)
+            return empty, empty.astype(bool), True
+        binary = self._binary(block, stats, ctx, fill=self.params.fill_holes)
+        vote = False
+        if self.params.do_watershed:
+            labels, vote = self._watershed(binary, stats, ctx)
         else:
             labels, _ = ndi.label(binary.astype(int))
         if self.queries:
-            labels = self._remove_matching(labels, block)
-        return labels
+            labels = self._remove_matching(labels, block, ctx)
+        return labels, binary, vote
 
-    def _threshold(self, img: np.ndarray) -> np.ndarray:
-        lo, hi = self.params.thresholds
+    def _binary(self, block, stats, ctx, fill: bool) -> np.ndarray:
+        p = self.params
+        img = block[0]
+        if np.any(img != img):
+            img = interpolate_nan(img)  # only whole frames get here with NaNs (see frame_stats)
+        if p.equalize_reference is not None:
+            if "equalize_table" in stats:
+                values, mapped = stats["equalize_table"]
+                img = mapped[np.searchsorted(values, img)]
+            else:
+                from skimage.exposure import match_histograms
+
+                img = match_histograms(img, stats["equalize_reference"])
+        img = apply_filters(img, p.filters, stats.get("filter_params"))
+        lo, hi = p.thresholds
         valid = img == img
         binary = np.zeros(img.shape, dtype=bool)
         binary[valid] = (img[valid] >= lo) & (img[valid] <= hi)
-        if self.edge is not None:
+        if self.edge is not None and self.edge > 0:
+            # Celldetective clears a border of the *frame*; in frame coordinates here.
             e = self.edge
-            binary[:e, :] = False
-            binary[binary.shape[0] - e:, :] = False
-            binary[:, :e] = False
-            binary[:, binary.shape[1] - e:] = False
-        if self.params.fill_holes:
+            (Y, X), (oy, ox) = ctx.frame_shape, ctx.origin
+            H, W = binary.shape
+            binary[: max(0, min(H, e - oy)), :] = False
+            binary[max(0, Y - e - oy):, :] = False
+            binary[:, : max(0, min(W, e - ox))] = False
+            binary[:, max(0, X - e - ox):] = False
+        if fill:
             binary = ndi.binary_fill_holes(binary)
         return binary
 
-    def _watershed(self, binary: np.ndarray) -> np.ndarray:
-        from skimage.feature import peak_local_max
-        from skimage.segmentation import watershed
+    def _peaks(self, distance, binary, stats, ctx) -> tuple[np.ndarray, bool]:
+        """skimage's ``peak_local_max(distance, footprint, labels=binary, min_distance)`` on the frame.
+
+        Reproduced for a window: the frame-wide parts (the search box, the threshold, the
+        'trivial image' rule) come from ``stats``; the rest is local. Returns the peak mask of the
+        window and this window's vote that the frame is 'trivial' (every foreground pixel of the
+        search box a maximum), which only a whole frame can settle.
+        """
+        from scipy.spatial import cKDTree
 
         p = self.params
-        distance = ndi.distance_transform_edt(binary.astype(float))
-        if p.marker_footprint is not None:
-            footprint = np.asarray(p.marker_footprint)
+        roi = stats.get("roi")
+        peaks = np.zeros(binary.shape, bool)
+        if roi is None:
+            return peaks, False
+        (oy, ox), (H, W) = ctx.origin, binary.shape
+        y0, y1 = max(roi[0] - oy, 0), min(roi[1] - oy, H)
+        x0, x1 = max(roi[2] - ox, 0), min(roi[3] - ox, W)
+        if y0 >= y1 or x0 >= x1:
+            return peaks, True
+        footprint = (np.asarray(p.marker_footprint) if p.marker_footprint is not None
+                     else np.ones((p.marker_footprint_size, p.marker_footprint_size)))
+        img = distance[y0:y1, x0:x1].copy()
+        mask = binary[y0:y1, x0:x1]
+        img[~mask] = np.finfo(img.dtype).min
+        roi_size = (roi[1] - roi[0]) * (roi[3] - roi[2])
+        if footprint.size == 1 or roi_size == 1:
+            out = img > 0
+            vote = False
         else:
-            footprint = np.ones((p.marker_footprint_size, p.marker_footprint_size))
-        coords = peak_local_max(distance, footprint=footprint, labels=binary.astype(int),
-                                min_distance=p.marker_min_distance)
-        peaks = np.zeros(binary.shape, dtype=bool)
-        peaks[tuple(coords.T)] = True
+            out = img == ndi.maximum_filter(img, footprint=footprint, mode="nearest")
+            if ctx.is_whole_frame:
+                if np.all(out[mask]):
+                    out[:] = False
+                    out[np.logical_xor(mask, ndi.binary_opening(mask))] = True
+                vote = False
+            else:
+                # A frame is 'trivial' only if every window finds all its safe pixels maxima.
+                vote = bool(np.all(out[self._safe(mask, ctx, (y0, x0), (H, W))]))
+            out &= img > 0  # the frame has background (else it is done whole), so min(distance) == 0
+        coords = np.argwhere(out)
+        if len(coords) and p.marker_min_distance > 1:
+            order = np.argsort(-img[out], kind="stable")
+            coords = coords[order]
+            tree = cKDTree(coords)
+            near = tree.query_ball_point(coords, r=p.marker_min_distance, p=np.inf)
+            rejected = np.zeros(len(coords), bool)
+            for i, cand in enumerate(near):
+                if rejected[i]:
+                    continue
+                cand = np.asarray([c for c in cand if c != i], dtype=np.int64)
+                if len(cand):
+                    d = np.abs(coords[cand] - coords[i]).max(axis=1)
+                    rejected[cand[d < p.marker_min_distance]] = True
+            coords = coords[~rejected]
+        peaks[coords[:, 0] + y0, coords[:, 1] + x0] = True
+        return peaks, vote
+
+    def _safe(self, mask, ctx, offset, window_shape) -> np.ndarray:
+        """Pixels of ``mask`` (placed at ``offset`` in the window) ``halo`` or more from every cut."""
+        (H, W), m = window_shape, self.halo
+        top, bottom, left, right = ctx.artificial
+        rows = np.arange(offset[0], offset[0] + mask.shape[0])
+        cols = np.arange(offset[1], offset[1] + mask.shape[1])
+        rok = (rows >= (m if top else 0)) & (rows < (H - m if bottom else H))
+        cok = (cols >= (m if left else 0)) & (cols < (W - m if right else W))
+        return mask & rok[:, None] & cok[None, :]
+
+    def _watershed(self, binary: np.ndarray, stats, ctx) -> tuple[np.ndarray, bool]:
+        from skimage.segmentation import watershed
+
+        distance = ndi.distance_transform_edt(binary.astype(float))
+        peaks, vote = self._peaks(distance, binary, stats, ctx)
         markers, _ = ndi.label(peaks)
         labels = watershed(-distance, markers, mask=binary)
-        if p.fill_holes:
+        if self.params.fill_holes:
             labels = fill_label_holes(labels)
-        return labels
+        return labels, vote
 
-    def _remove_matching(self, labels: np.ndarray, block: np.ndarray) -> np.ndarray:
+    def _remove_matching(self, labels: np.ndarray, block: np.ndarray, ctx) -> np.ndarray:
         from skimage.measure import regionprops_table
 
         if not labels.any():
@@ -309,9 +502,12 @@ class ThresholdSegmenter(Segmenter):
                     table[_intensity_name(c, s)] = values
                     table[_raw_intensity_name(self._channel_index[c], s)] = values
         if "centroid-0" in table:
-            # Celldetective's formula, axes as it writes them.
+            # frame coordinates; Celldetective's radial formula, axes as it writes them
+            table["centroid-0"] = table["centroid-0"] + ctx.origin[0]
+            table["centroid-1"] = table["centroid-1"] + ctx.origin[1]
+            Y, X = ctx.frame_shape
             table["radial_distance"] = np.sqrt(
-                (table["centroid-1"] - labels.shape[0] / 2) ** 2 + (table["centroid-0"] - labels.shape[1] / 2) ** 2
+                (table["centroid-1"] - Y / 2) ** 2 + (table["centroid-0"] - X / 2) ** 2
             )
         n = len(table["label"])
         remove = np.zeros(n, dtype=bool)

@@ -1,0 +1,126 @@
+"""Tile plans: how a frame is cut into cores, and the padded windows segmenters see.
+
+A frame of shape (Y, X) is cut into a regular grid of *cores* of ``(ty, tx)`` pixels (the last
+row/column of cores may be smaller). Each core is padded by ``halo`` pixels on every side into its
+*window*, clipped at the frame: a window never extends beyond the frame, so a segmenter treats a
+frame edge exactly as it would in the untiled frame, and only the window edges inside the frame
+(its *artificial* edges) are approximations that stitching must account for.
+
+Invariants: cores partition the frame; every core lies inside its window; a window edge is
+artificial iff it is not on the frame edge; the label scratch array is chunked by the core grid, so
+each tile writes exactly its own chunks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator
+
+from .errors import PopsegError
+
+__all__ = ["Tile", "TilePlan", "plan_tiles", "auto_tile_size"]
+
+# float64 working copies dominate a segmenter's memory: about this many bytes per window pixel.
+BYTES_PER_PIXEL = 64
+
+
+@dataclass(frozen=True)
+class Tile:
+    """One tile: its core and padded window, as (y0, y1, x0, x1) in frame coordinates."""
+
+    index: tuple[int, int]
+    core: tuple[int, int, int, int]
+    window: tuple[int, int, int, int]
+
+    @property
+    def core_in_window(self) -> tuple[slice, slice]:
+        """Slices of the core inside the window array."""
+        y0, y1, x0, x1 = self.core
+        wy0, _, wx0, _ = self.window
+        return slice(y0 - wy0, y1 - wy0), slice(x0 - wx0, x1 - wx0)
+
+    def artificial_edges(self, frame_shape: tuple[int, int]) -> tuple[bool, bool, bool, bool]:
+        """(top, bottom, left, right): True where the window edge lies inside the frame."""
+        wy0, wy1, wx0, wx1 = self.window
+        return wy0 > 0, wy1 < frame_shape[0], wx0 > 0, wx1 < frame_shape[1]
+
+
+@dataclass(frozen=True)
+class TilePlan:
+    """The tiles of a frame: core size, halo, frame shape."""
+
+    frame_shape: tuple[int, int]
+    tile: tuple[int, int]
+    halo: int
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        (Y, X), (ty, tx) = self.frame_shape, self.tile
+        return -(-Y // ty), -(-X // tx)
+
+    @property
+    def untiled(self) -> bool:
+        return self.grid == (1, 1)
+
+    def __len__(self) -> int:
+        gy, gx = self.grid
+        return gy * gx
+
+    def __iter__(self) -> Iterator[Tile]:
+        (Y, X), (ty, tx), h = self.frame_shape, self.tile, self.halo
+        gy, gx = self.grid
+        for i in range(gy):
+            for j in range(gx):
+                y0, x0 = i * ty, j * tx
+                y1, x1 = min(Y, y0 + ty), min(X, x0 + tx)
+                yield Tile((i, j), (y0, y1, x0, x1), (max(0, y0 - h), min(Y, y1 + h), max(0, x0 - h), min(X, x1 + h)))
+
+
+def auto_tile_size(frame_shape: tuple[int, int], halo: int, memory_bytes: float, multiple: int = 64) -> tuple[int, int]:
+    """Largest square core (a multiple of ``multiple``) whose window fits ``memory_bytes``.
+
+    Returns the whole frame when it fits: tiling only costs when it is not needed.
+    """
+    Y, X = frame_shape
+    if (Y * X) * BYTES_PER_PIXEL <= memory_bytes:
+        return Y, X
+    side = int((memory_bytes / BYTES_PER_PIXEL) ** 0.5) - 2 * halo
+    side = max(multiple, side // multiple * multiple)
+    return min(Y, side), min(X, side)
+
+
+def plan_tiles(frame_shape: tuple[int, int], tile, halo: int, *, memory_bytes: float = 2e9) -> TilePlan:
+    """Build the tile plan of a population.
+
+    Parameters
+    ----------
+    frame_shape : (Y, X)
+    tile : "auto", "none", None, int or (ty, tx)
+        Core size; ``auto`` picks it from ``memory_bytes``; ``none`` means whole frames.
+    halo : int
+        Context pixels around each core.
+    memory_bytes : float
+        Memory a tile task may use (for ``auto``).
+
+    Raises
+    ------
+    PopsegError
+        If the tile is not positive or the halo is not smaller than the tile.
+    """
+    if halo < 0:
+        raise PopsegError(f"halo must be >= 0, got {halo}")
+    if tile in (None, "none"):
+        return TilePlan(tuple(frame_shape), tuple(frame_shape), halo)
+    if tile == "auto":
+        return TilePlan(tuple(frame_shape), auto_tile_size(frame_shape, halo, memory_bytes), halo)
+    ty, tx = (tile, tile) if isinstance(tile, int) else tuple(tile)
+    if ty < 1 or tx < 1:
+        raise PopsegError(f"tile must be positive, got {tile}")
+    ty, tx = min(ty, frame_shape[0]), min(tx, frame_shape[1])
+    plan = TilePlan(tuple(frame_shape), (ty, tx), halo)
+    if not plan.untiled and halo >= min(ty, tx):
+        raise PopsegError(
+            f"halo {halo} is not smaller than the tile {ty}x{tx}: every tile would be mostly halo; "
+            f"use a tile larger than {halo} (or tile: none)"
+        )
+    return plan
