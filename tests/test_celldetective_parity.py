@@ -21,13 +21,13 @@ CASES = json.loads((FIXTURES / "cases.json").read_text())
 ARRAYS = np.load(FIXTURES / "cases.npz")
 
 
-def _segmenter_for(case: dict, tmp_path: Path) -> tuple[ThresholdSegmenter, np.ndarray, object]:
+def _segmenter_for(case: dict, tmp_path: Path, ties: str = "celldetective") -> tuple[ThresholdSegmenter, np.ndarray, object]:
     frame = ARRAYS[case["image_key"]]
     block = frame[None] if frame.ndim == 2 else np.moveaxis(frame, -1, 0)
     names = case["channel_names"] or [str(i) for i in range(block.shape[0])]
     # Celldetective's own JSON, read as a user's threshold_config file would be.
     (tmp_path / "threshold_config.json").write_text(json.dumps(case["config"]))
-    params = {"threshold_config": "threshold_config.json"}
+    params = {"threshold_config": "threshold_config.json", "watershed_ties": ties}
     kw = case["kwargs"]
     if "marker_footprint" in kw:
         params["marker_footprint"] = ARRAYS[kw["marker_footprint"]["npz_key"]].astype(int).tolist()
@@ -54,6 +54,20 @@ def test_same_masks_as_celldetective(case, tmp_path):
     assert np.array_equal(block, original, equal_nan=True), "the segmenter modified its input"
     assert got.shape == expected.shape
     np.testing.assert_array_equal(canonical_relabel(got)[0], canonical_relabel(expected)[0])
+
+
+@pytest.mark.parametrize("case", CASES["cases"], ids=[c["name"] for c in CASES["cases"]])
+def test_local_ties_differ_only_on_tied_boundaries(case, tmp_path):
+    """The tile-invariant default moves only boundary pixels between touching objects."""
+    from popseg_dask.metrics import f1_score
+
+    seg, block, stats = _segmenter_for(case, tmp_path, ties="local")
+    got = seg(block, stats)
+    expected = ARRAYS[case["expected_key"]]
+    n_exp = len(np.unique(expected)) - 1
+    assert abs((len(np.unique(got)) - 1) - n_exp) <= max(1, n_exp // 50)
+    assert ((got > 0) != (expected > 0)).sum() <= 0.001 * expected.size
+    assert f1_score(got, expected, iou=0.9) >= 0.95
 
 
 def test_fixtures_are_not_trivial():

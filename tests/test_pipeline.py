@@ -129,3 +129,22 @@ def test_demo_scores_both_populations(tmp_path, capsys):
     assert rc == 0, out
     f1 = {line.split()[0]: float(line.rsplit("=", 1)[1]) for line in out.splitlines() if "F1 =" in line}
     assert set(f1) == {"targets", "effectors"} and min(f1.values()) >= 0.9
+
+
+def test_tiled_runs_equal_untiled_for_any_worker_count(demo_dir, client2, tmp_path):
+    base = yaml.safe_load((demo_dir / "run.yaml").read_text())
+    outs = {}
+    for tile, where in (("none", "untiled.zarr"), ([64, 64], "t64-2w.zarr"), ([96, 128], "t96-1w.zarr")):
+        cfg = {**base, "output": str(tmp_path / where)}
+        cfg["populations"] = {k: {**v, "tile": tile} for k, v in base["populations"].items()}
+        (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+        conf = load_config(tmp_path / "c.yaml")
+        conf.input = demo_dir / "movie.ome.zarr"
+        rec = run(conf, client=client2) if where != "t96-1w.zarr" else run(conf, n_workers=1)
+        outs[where] = {p: _labels(tmp_path / where, p) for p in ("targets", "effectors")}
+        if tile != "none":
+            assert rec["populations"]["targets"]["tiles_per_frame"] > 1
+            assert rec["populations"]["targets"]["merged_regions"] > 0
+    for p in ("targets", "effectors"):
+        assert np.array_equal(outs["untiled.zarr"][p], outs["t64-2w.zarr"][p])
+        assert np.array_equal(outs["untiled.zarr"][p], outs["t96-1w.zarr"][p])

@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence
 
 import numpy as np
 from pydantic import Field, ValidationError, field_validator, model_validator
@@ -79,6 +79,9 @@ class ThresholdParams(Strict):
         None, description="explicit 0/1 footprint for marker detection; overrides marker_footprint_size")
     feature_queries: list[str] = Field(default_factory=list, description="objects matching any query are removed")
     do_watershed: bool = True
+    watershed_ties: Literal["local", "celldetective"] = Field(
+        "local", description="local: each connected component flooded on its own (the same in any tile); "
+                             "celldetective: one flood over the whole frame, as Celldetective (whole frames only)")
     fill_holes: bool = True
     edge_exclusion: bool = True
     equalize_reference: int | None = Field(None, ge=0, description="frame whose histogram every frame is matched to")
@@ -166,6 +169,39 @@ def fill_label_holes(labels: np.ndarray) -> np.ndarray:
     return out
 
 
+def flood_components(image: np.ndarray, markers: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Marker watershed of ``image`` inside ``mask``, each 4-connected component flooded on its own.
+
+    skimage's watershed breaks ties between markers of equal height by the internal order of
+    one priority queue holding every marker of the image, so a component's result can depend on
+    markers far away. Flooding each component alone makes the result depend on the component
+    only — the same in any window that contains it — and equal to skimage's wherever no two
+    markers of a component tie. A component with one marker is that marker's object; one
+    without markers is dropped (as in skimage).
+    """
+    from skimage.segmentation import watershed
+
+    comps, _ = ndi.label(mask)
+    out = np.zeros(mask.shape, np.int32)
+    boxes = ndi.find_objects(comps)
+    marked = markers > 0
+    # markers per component: one array op, then watershed only where a component has several
+    pairs = np.unique(np.stack([comps[marked], markers[marked]]), axis=1) if marked.any() else np.zeros((2, 0), int)
+    n_markers = np.bincount(pairs[0], minlength=len(boxes) + 1)
+    single = np.zeros(len(boxes) + 1, np.int64)
+    single[pairs[0]] = pairs[1]
+    lut = np.where(n_markers == 1, single, 0).astype(np.int32)
+    out[...] = lut[comps]
+    for c in np.flatnonzero(n_markers > 1):
+        box = boxes[c - 1]
+        # pad by one so the component never touches the crop's edge (skimage needs a zero border)
+        box = tuple(slice(max(0, b.start - 1), b.stop + 1) for b in box)
+        comp = comps[box] == c
+        sub = watershed(image[box], np.where(comp, markers[box], 0), mask=comp)
+        out[box][comp] = sub[comp]
+    return out
+
+
 class ThresholdSegmenter(Segmenter):
     """Celldetective-compatible threshold segmentation of one population."""
 
@@ -224,8 +260,9 @@ class ThresholdSegmenter(Segmenter):
     # --------------------------------------------------------------- tiling facts
     @property
     def whole_frame_only(self) -> bool:
-        """Filters whose rounding depends on the pixel's place in the frame forbid tiles."""
-        return any(name in POSITION_DEPENDENT for name, *_ in self.params.filters)
+        """Tiles are impossible with position-dependent filters or a frame-wide watershed flood."""
+        return (any(name in POSITION_DEPENDENT for name, *_ in self.params.filters)
+                or (self.params.do_watershed and self.params.watershed_ties == "celldetective"))
 
     @property
     def peak_reach(self) -> int:
@@ -475,7 +512,10 @@ class ThresholdSegmenter(Segmenter):
         distance = ndi.distance_transform_edt(binary.astype(float))
         peaks, vote = self._peaks(distance, binary, stats, ctx)
         markers, _ = ndi.label(peaks)
-        labels = watershed(-distance, markers, mask=binary)
+        if self.params.watershed_ties == "celldetective":
+            labels = watershed(-distance, markers, mask=binary)
+        else:
+            labels = flood_components(-distance, markers, binary)
         if self.params.fill_holes:
             labels = fill_label_holes(labels)
         return labels, vote
