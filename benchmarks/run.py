@@ -5,9 +5,15 @@ process — read frame, segment, renumber, write, the least any tool must do —
 ``popseg run`` on an embedded LocalCluster with 1 and with 2 workers. Printed as ratios:
 overhead of popseg on 1 worker vs the serial loop, speed-up and parallel efficiency 1 → 2.
 
+``tiles``: the same kind of movie at a larger frame size, segmented untiled and with tiles of
+several sizes on 2 workers: wall time relative to untiled, the share of task time spent
+stitching (merge tasks), peak memory per worker (a fresh cluster per variant), and a check that
+every tiled output is bitwise equal to the untiled one.
+
 Usage::
 
-    python benchmarks/run.py [core] [--frames 24] [--size 1024] [--repeats 3] [--json out.json]
+    python benchmarks/run.py core [--frames 24] [--size 1024] [--repeats 3]
+    python benchmarks/run.py tiles [--frames 50] [--size 2048] [--tiles 256 512 1024] [--repeats 1]
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import statistics
 import sys
 import tempfile
@@ -116,6 +123,83 @@ def bench_core(frames: int, size: int, repeats: int) -> dict:
     }
 
 
+def _worker_peak_rss(client) -> dict:
+    def peak():
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+    return client.run(peak)
+
+
+def bench_tiles(frames: int, size: int, tiles: list[int], repeats: int) -> dict:
+    from distributed import Client, LocalCluster
+
+    from popseg_dask import load_config, run
+    from popseg_dask.io.images import write_ome_zarr_image
+    from popseg_dask.synthetic import DEMO_CONFIG, make_movie
+
+    density = size * size / (384 * 384)
+    variants = ["none"] + [int(t) for t in tiles]
+    rows: dict[str, dict] = {str(v): {"wall_s": [], "peak_rss_mb": [], "stitch_share": [], "merged_regions": 0}
+                             for v in variants}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        m = make_movie(n_frames=frames, size=size, n_targets=int(30 * density), n_effectors=int(10 * density), seed=2)
+        write_ome_zarr_image(tmp / "movie.ome.zarr", m.image, m.channels, pixel_size_um=m.pixel_size_um)
+        ref = None
+        for r in range(repeats):
+            for v in variants:
+                cfg = dict(DEMO_CONFIG)
+                cfg["output"] = f"out-{v}.zarr"
+                cfg["populations"] = {k: {**p, "tile": "none" if v == "none" else [v, v]}
+                                      for k, p in DEMO_CONFIG["populations"].items()}
+                (tmp / "run.yaml").write_text(yaml.safe_dump(cfg))
+                with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cl, \
+                        Client(cl) as client:
+                    t0 = time.perf_counter()
+                    rec = run(load_config(tmp / "run.yaml"), client=client, overwrite=True)
+                    wall = time.perf_counter() - t0
+                    rss = _worker_peak_rss(client)
+                row = rows[str(v)]
+                row["wall_s"].append(wall)
+                row["peak_rss_mb"].append(max(rss.values()) / 2**20)
+                pops = rec["populations"].values()
+                tile_s = sum(p["tile_task_s"] for p in pops)
+                merge_s = sum(p["merge_task_s"] for p in pops)
+                row["stitch_share"].append(merge_s / (tile_s + merge_s))
+                row["numbering_share_of_wall"] = rec["timings"]["number_s"] / wall
+                row["merged_regions"] = sum(p["merged_regions"] for p in pops)
+                row["objects"] = {k: p["n_objects"] for k, p in rec["populations"].items()}
+                labels = {k: zarr.open_array(str(tmp / cfg["output"] / "labels" / k / "0"), mode="r")[...]
+                          for k in cfg["populations"]}
+                if v == "none":
+                    ref = labels
+                else:
+                    row["equal_to_untiled"] = all(np.array_equal(labels[k], ref[k]) for k in labels)
+                shutil.rmtree(tmp / cfg["output"])
+    base = statistics.median(rows["none"]["wall_s"])
+    for v, row in rows.items():
+        row["median_wall_s"] = statistics.median(row["wall_s"])
+        row["wall_vs_untiled"] = row["median_wall_s"] / base
+        row["median_peak_rss_mb"] = statistics.median(row["peak_rss_mb"])
+        row["median_stitch_share"] = statistics.median(row["stitch_share"])
+    return {"benchmark": "tiles", "movie": {"frames": frames, "size": size, "channels": 2, "populations": 2},
+            "repeats": repeats, "variants": rows}
+
+
+def _print_tiles(res: dict) -> None:
+    mv = res["movie"]
+    print(f"tiles: {mv['frames']} frames of {mv['size']}x{mv['size']}, 2 populations, 2 workers; "
+          f"median of {res['repeats']}")
+    print(f"{'tile':>6s} {'wall s':>8s} {'vs untiled':>10s} {'stitch %':>9s} {'peak MB/worker':>15s} "
+          f"{'merged':>7s} {'== untiled':>10s}")
+    for v, row in res["variants"].items():
+        print(f"{v:>6s} {row['median_wall_s']:8.1f} {row['wall_vs_untiled']:10.2f} "
+              f"{100 * row['median_stitch_share']:9.2f} {row['median_peak_rss_mb']:15.0f} "
+              f"{row['merged_regions']:7d} {str(row.get('equal_to_untiled', '-')):>10s}")
+
+
 def _machine() -> dict:
     import dask
 
@@ -125,15 +209,27 @@ def _machine() -> dict:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("names", nargs="*", help="benchmarks to run: core (default: all)")
-    p.add_argument("--frames", type=int, default=24)
-    p.add_argument("--size", type=int, default=1024)
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--json", type=Path, default=Path(__file__).parent / "results" / "core.json")
+    p.add_argument("names", nargs="*", help="benchmarks to run: core, tiles (default: core)")
+    p.add_argument("--frames", type=int)
+    p.add_argument("--size", type=int)
+    p.add_argument("--repeats", type=int)
+    p.add_argument("--tiles", type=int, nargs="+", default=[256, 512, 1024])
+    p.add_argument("--out", type=Path, default=Path(__file__).parent / "results", help="folder for the JSON")
     a = p.parse_args(argv)
-    unknown = set(a.names) - {"core"}
+    names = a.names or ["core"]
+    unknown = set(names) - {"core", "tiles"}
     if unknown:
-        p.error(f"unknown benchmark(s) {sorted(unknown)}; available: core")
+        p.error(f"unknown benchmark(s) {sorted(unknown)}; available: core, tiles")
+    a.out.mkdir(parents=True, exist_ok=True)
+    if "tiles" in names:
+        res = bench_tiles(a.frames or 50, a.size or 2048, a.tiles, a.repeats or 1)
+        res["machine"] = _machine()
+        _print_tiles(res)
+        (a.out / "tiles.json").write_text(json.dumps(res, indent=2))
+        print(f"written {a.out / 'tiles.json'}")
+        if names == ["tiles"]:
+            return 0
+    a.frames, a.size, a.repeats = a.frames or 24, a.size or 1024, a.repeats or 3
     res = bench_core(a.frames, a.size, a.repeats)
     res["machine"] = _machine()
     print(f"core: {a.frames} frames of {a.size}x{a.size}, 2 populations, {res['movie']['objects']} objects; "
@@ -145,9 +241,8 @@ def main(argv=None) -> int:
         print(f"{k:40s} {v:6.2f}")
     print("LocalCluster start-up (paid once per session, not in the figures above): "
           + ", ".join(f"{k} {v:.1f} s" for k, v in res["cluster_startup_s"].items()))
-    a.json.parent.mkdir(parents=True, exist_ok=True)
-    a.json.write_text(json.dumps(res, indent=2))
-    print(f"written {a.json}")
+    (a.out / "core.json").write_text(json.dumps(res, indent=2))
+    print(f"written {a.out / 'core.json'}")
     return 0
 
 

@@ -127,16 +127,19 @@ def plan_run(config: RunConfig, *, in_place: bool = False) -> RunPlan:
 
 
 def _tile_plan(pop: str, spec, seg: Segmenter, frame_shape: tuple[int, int]) -> TilePlan:
-    halo = seg.halo if spec.halo is None else spec.halo
+    # The window padding: the segmenter's exactness margin plus room for a whole object, so an
+    # object cut by a core edge is seen whole (and resolved) by the tile that holds its anchor.
+    halo = seg.halo + seg.object_size if spec.halo is None else spec.halo
     if spec.halo is not None and spec.halo < seg.halo:
-        log.warning("population %s: halo %d is below the segmenter's %d; more objects will be re-segmented "
-                    "in merged regions (results stay exact)", pop, spec.halo, seg.halo)
+        log.warning("population %s: halo %d is below the segmenter's margin %d; more objects will be "
+                    "re-segmented in merged regions (results stay exact)", pop, spec.halo, seg.halo)
     tile = spec.tile
     if getattr(seg, "whole_frame_only", False) and tile != "none":
         log.warning("population %s: its filters depend on a pixel's position in the frame (std, variance, "
                     "niblack, sauvola); frames are segmented whole", pop)
         tile = "none"
-    return plan_tiles(frame_shape, tile, halo, memory_bytes=spec.tile_memory_mb * 2**20)
+    return plan_tiles(frame_shape, tile, halo, memory_bytes=spec.tile_memory_mb * 2**20,
+                      clamp_halo=spec.halo is None)
 
 
 # --------------------------------------------------------------------------- tasks
@@ -173,9 +176,16 @@ class FrameSource:
 
 @dataclass
 class TileResult:
-    """What a tile hands to its frame's merge: owned anchors, unresolved boxes, its vote."""
+    """What a tile hands to its frame's merge.
+
+    ``anchors``: provisional ids of every object the tile resolved. ``shared``: the support pixels
+    of its resolved clusters that lie outside its core (flat frame index, provisional id or 0), so
+    neighbours need not re-segment them. ``unresolved``: per cut cluster, its box and its core
+    pixels (flat indices). ``vote``: the segmenter's whole-frame vote.
+    """
 
     anchors: np.ndarray
+    shared: tuple[np.ndarray, np.ndarray]
     unresolved: list
     vote: bool
     seconds: float = 0.0
@@ -227,30 +237,75 @@ def _tile_task(source: FrameSource, stats: Any, segmenter: Segmenter, tile: Tile
     cy, cx = tile.core_in_window
     y0, y1, x0, x1 = tile.core
     _open_array(scratch, "r+")[t, y0:y1, x0:x1] = prov[cy, cx]
-    ay, ax = (anchors - 1) // X, (anchors - 1) % X
-    owned = anchors[(ay >= y0) & (ay < y1) & (ax >= x0) & (ax < x1)]
+    oy, ox = ctx.origin
+    # resolved support outside the core: exact, so neighbours can take it as it is
+    outside = np.ones(cl.shape, bool)
+    outside[cy, cx] = False
+    share = outside & (cl > 0) & ok[cl]
+    ys, xs = np.nonzero(share)
+    shared = ((ys + oy).astype(np.int64) * X + (xs + ox), prov[ys, xs])
     bad = np.unique(cl[cy, cx])
     bad = bad[(bad > 0) & ~ok[bad]]
-    boxes = [(b[0] + ctx.origin[0], b[1] + ctx.origin[0], b[2] + ctx.origin[1], b[3] + ctx.origin[1])
-             for b in cluster_boxes(cl, bad)]
-    return TileResult(owned, boxes, vote, time.perf_counter() - t0)
+    unresolved = []
+    core_cl = cl[cy, cx]
+    for c, b in zip(bad, cluster_boxes(cl, bad)):
+        py, px = np.nonzero(core_cl == c)
+        unresolved.append(((b[0] + oy, b[1] + oy, b[2] + ox, b[3] + ox), (py + y0).astype(np.int64) * X + (px + x0)))
+    return TileResult(anchors, shared, unresolved, vote, time.perf_counter() - t0)
+
+
+def _write_pixels(out, t: int, flat: np.ndarray, values: np.ndarray, frame_shape, chunk_shape) -> None:
+    """Write scattered pixels of frame ``t``, one read-modify-write per touched chunk."""
+    if not len(flat):
+        return
+    Y, X = frame_shape
+    ys, xs = flat // X, flat % X
+    cy, cx = ys // chunk_shape[0], xs // chunk_shape[1]
+    key = cy * (-(-X // chunk_shape[1])) + cx
+    order = np.argsort(key, kind="stable")
+    ys, xs, values, key = ys[order], xs[order], values[order], key[order]
+    starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
+    ends = np.r_[starts[1:], len(key)]
+    for a, b in zip(starts, ends):
+        y0, x0 = (ys[a] // chunk_shape[0]) * chunk_shape[0], (xs[a] // chunk_shape[1]) * chunk_shape[1]
+        y1, x1 = min(Y, y0 + chunk_shape[0]), min(X, x0 + chunk_shape[1])
+        block = out[t, y0:y1, x0:x1]
+        block[ys[a:b] - y0, xs[a:b] - x0] = values[a:b]
+        out[t, y0:y1, x0:x1] = block
 
 
 def _merge_task(source: FrameSource, stats: Any, segmenter: Segmenter, results: list, scratch: str, t: int,
                 tile_shape: tuple[int, int]) -> tuple[np.ndarray, dict]:
-    """Resolve what no tile could: grow a window around each group of cut clusters until exact."""
+    """Complete a frame: copy what tiles resolved for their neighbours, re-segment what none resolved.
+
+    A cut cluster whose core pixels some other tile resolved is copied from it; the rest are
+    grouped (union of overlapping boxes) and re-segmented in a window grown around each group
+    until every cluster touching the group is resolved (at worst the whole frame).
+    """
     t0 = time.perf_counter()
     Y, X = source.shape[1:]
     dtype = _prov_dtype(Y, X)
     out = _open_array(scratch, "r+")
-    info = {"regions": 0, "whole_frame": False, "tile_s": sum(r.seconds for r in results)}
+    info = {"regions": 0, "copied": 0, "whole_frame": False, "tile_s": sum(r.seconds for r in results)}
+    anchors = [r.anchors for r in results]
     if len(results) > 1 and all(r.vote for r in results):
         groups = [(0, Y, 0, X)]
         info["whole_frame"] = True
         log.info("frame %d: segmented whole (the segmenter asked for the whole frame)", t)
     else:
-        groups = group_boxes([b for r in results for b in r.unresolved])
-    anchors = [r.anchors for r in results]
+        flat = np.concatenate([r.shared[0] for r in results]) if results else np.zeros(0, np.int64)
+        vals = np.concatenate([r.shared[1] for r in results]) if results else np.zeros(0, dtype)
+        flat, first = np.unique(flat, return_index=True)
+        vals = vals[first]
+        _write_pixels(out, t, flat, vals.astype(dtype), (Y, X), tile_shape)
+        boxes = []
+        for r in results:
+            for box, pix in r.unresolved:
+                if np.isin(pix, flat, assume_unique=False).all():
+                    info["copied"] += 1
+                else:
+                    boxes.append(box)
+        groups = group_boxes(boxes)
     step = max(segmenter.halo, 1)
     for g in groups:
         grow = segmenter.halo
@@ -276,7 +331,7 @@ def _merge_task(source: FrameSource, stats: Any, segmenter: Segmenter, results: 
             sel[1:] &= in_group[obj_cluster]
         prov, anc = provisional_ids(local, sel, (window[0], window[2]), X, dtype)
         region = out[t, window[0]:window[1], window[2]:window[3]]
-        cover = np.isin(cl, ids)
+        cover = in_group[cl]
         region[cover] = prov[cover]
         out[t, window[0]:window[1], window[2]:window[3]] = region
         anchors.append(anc)
@@ -302,7 +357,7 @@ def segment_frame(segmenter: Segmenter, frame: np.ndarray, tile=None, halo: int 
     tile : None, "none", int or (ty, tx)
         Core tile size (None: whole frame).
     halo : int, optional
-        Window padding (default: the segmenter's halo).
+        Window padding (default: the segmenter's margin plus its object size).
     stats : optional
         Movie statistics (what ``segmenter.movie_stats`` returns).
 
@@ -318,7 +373,8 @@ def segment_frame(segmenter: Segmenter, frame: np.ndarray, tile=None, halo: int 
 
     frame = np.asarray(frame)
     Y, X = frame.shape[-2:]
-    plan = plan_tiles((Y, X), tile, segmenter.halo if halo is None else halo)
+    plan = plan_tiles((Y, X), tile, segmenter.halo + segmenter.object_size if halo is None else halo,
+                      clamp_halo=halo is None)
     src = FrameSource(da.from_array(frame, chunks=frame.shape))
     scratch = zarr.create_array(store=zarr.storage.MemoryStore(), shape=(1, Y, X), chunks=(1, *plan.tile),
                                 dtype=_prov_dtype(Y, X), fill_value=0)
@@ -497,6 +553,7 @@ def _run_with(client, plan: RunPlan, overwrite: bool, t0: float, progress: bool,
             "n_objects": total, "objects_per_frame": counts.tolist(), "dtype": dtype.name,
             "tile": list(job.tiles.tile), "halo": job.tiles.halo, "tiles_per_frame": len(job.tiles),
             "merged_regions": int(sum(i["regions"] for i in infos)),
+            "copied_clusters": int(sum(i.get("copied", 0) for i in infos)),
             "whole_frame_fallbacks": 0 if job.tiles.untiled else int(sum(i["whole_frame"] for i in infos)),
             "tile_task_s": tile_s, "merge_task_s": merge_s,
             "stitch_share": merge_s / (tile_s + merge_s) if tile_s + merge_s > 0 else 0.0,

@@ -89,7 +89,8 @@ def auto_tile_size(frame_shape: tuple[int, int], halo: int, memory_bytes: float,
     return min(Y, side), min(X, side)
 
 
-def plan_tiles(frame_shape: tuple[int, int], tile, halo: int, *, memory_bytes: float = 2e9) -> TilePlan:
+def plan_tiles(frame_shape: tuple[int, int], tile, halo: int, *, memory_bytes: float = 2e9,
+               clamp_halo: bool = False) -> TilePlan:
     """Build the tile plan of a population.
 
     Parameters
@@ -101,6 +102,9 @@ def plan_tiles(frame_shape: tuple[int, int], tile, halo: int, *, memory_bytes: f
         Context pixels around each core.
     memory_bytes : float
         Memory a tile task may use (for ``auto``).
+    clamp_halo : bool
+        Shrink a halo that is not smaller than the tile (a default halo, not the user's) to
+        tile - 1 instead of refusing it; stitching stays exact, more objects are merged.
 
     Raises
     ------
@@ -118,7 +122,9 @@ def plan_tiles(frame_shape: tuple[int, int], tile, halo: int, *, memory_bytes: f
         raise PopsegError(f"tile must be positive, got {tile}")
     ty, tx = min(ty, frame_shape[0]), min(tx, frame_shape[1])
     plan = TilePlan(tuple(frame_shape), (ty, tx), halo)
-    if not plan.untiled and halo >= min(ty, tx):
+    if clamp_halo and not plan.untiled and halo >= min(ty, tx):
+        plan = TilePlan(tuple(frame_shape), (ty, tx), min(ty, tx) - 1)
+    if not plan.untiled and plan.halo >= min(ty, tx):
         raise PopsegError(
             f"halo {halo} is not smaller than the tile {ty}x{tx}: every tile would be mostly halo; "
             f"use a tile larger than {halo} (or tile: none)"

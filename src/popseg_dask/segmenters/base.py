@@ -14,6 +14,8 @@ Contract
   come out of that window exactly as from the whole frame.
 * ``link``: objects closer than this (Chebyshev, pixels) may influence each other's
   segmentation and are resolved together (0: objects are independent).
+* ``object_size``: the largest object (or cluster) expected, in pixels; tile windows are padded
+  by ``halo + object_size`` so that most cut objects are resolved by a neighbouring tile.
 * ``resources``: Dask worker resources its tasks need (e.g. ``{"GPU": 1}``), or None.
 * ``reference_frames()``: frames whose pixels its movie-level statistics need
   (e.g. a histogram reference); ``movie_stats(frames)`` reduces them once per run.
@@ -94,6 +96,7 @@ class Segmenter(ABC):
     channels: list[str]
     halo: int = 0
     link: int = 0
+    object_size: int = 0
     resources: dict[str, float] | None = None
     needs_frame_stats: bool = False
     needs_tile_stats: bool = False

@@ -85,6 +85,7 @@ class ThresholdParams(Strict):
     fill_holes: bool = True
     edge_exclusion: bool = True
     equalize_reference: int | None = Field(None, ge=0, description="frame whose histogram every frame is matched to")
+    max_object_px: int | None = Field(None, ge=0, description="largest object diameter, for tile padding")
     threshold_config: Path | None = Field(None, description="Celldetective threshold_config_*.json to start from")
 
     @field_validator("filters", mode="before")
@@ -278,6 +279,13 @@ class ThresholdSegmenter(Segmenter):
         if not self.params.do_watershed:
             return 1
         return max(self.params.marker_min_distance, self.peak_reach) + 1
+
+    @property
+    def object_size(self) -> int:  # type: ignore[override]
+        if self.params.max_object_px is not None:
+            return self.params.max_object_px
+        # Celldetective users size the marker footprint to about a cell: allow two
+        return 2 * max(self.params.marker_footprint_size, self.params.marker_min_distance)
 
     @property
     def halo(self) -> int:  # type: ignore[override]
