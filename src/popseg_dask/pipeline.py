@@ -34,7 +34,7 @@ from .config import RunConfig
 from .errors import PopsegError
 from .io.labels import LabelStore, label_chunks, relative_source
 from .io.movie import open_movie
-from .segmenters import Segmenter, WindowContext, build_segmenter
+from .segmenters import Segmenter, TileGrid, WindowContext, build_segmenter
 from .stitch import (canonical_relabel, cluster_boxes, clusters, frame_offsets, group_boxes, label_dtype_for,
                      number_from_provisional, provisional_ids, resolved_clusters)
 from .tiling import Tile, TilePlan, plan_tiles
@@ -191,9 +191,11 @@ class TileResult:
     seconds: float = 0.0
 
 
-def _context(window, frame_shape) -> WindowContext:
+def _context(window, frame_shape, aux=None, t: int = 0) -> WindowContext:
     y0, y1, x0, x1 = window
-    return WindowContext(tuple(frame_shape), (y0, x0), (y0 > 0, y1 < frame_shape[0], x0 > 0, x1 < frame_shape[1]))
+    aux_win = None if aux is None else np.asarray(_open_array(aux, "r")[t, y0:y1, x0:x1])
+    return WindowContext(tuple(frame_shape), (y0, x0), (y0 > 0, y1 < frame_shape[0], x0 > 0, x1 < frame_shape[1]),
+                         aux_win)
 
 
 def _frame_stats_task(source: FrameSource, stats: Any, segmenter: Segmenter) -> Any:
@@ -202,13 +204,17 @@ def _frame_stats_task(source: FrameSource, stats: Any, segmenter: Segmenter) -> 
     return segmenter.frame_stats(source.read((0, source.shape[1], 0, source.shape[2])), stats)
 
 
-def _tile_stats_task(source: FrameSource, stats: Any, segmenter: Segmenter, tile: Tile) -> Any:
+def _tile_stats_task(source: FrameSource, stats: Any, segmenter: Segmenter, tile: Tile, aux, t: int) -> Any:
     ctx = _context(tile.window, source.shape[1:])
-    return segmenter.tile_stats(source.read(tile.window), stats, ctx, tile.core_in_window)
+    partial, core_aux = segmenter.tile_stats(source.read(tile.window), stats, ctx, tile.core_in_window)
+    if core_aux is not None:
+        y0, y1, x0, x1 = tile.core
+        _open_array(aux, "r+")[t, y0:y1, x0:x1] = core_aux
+    return partial
 
 
-def _reduce_stats_task(partials: list, stats: Any, segmenter: Segmenter) -> Any:
-    return segmenter.reduce_tile_stats(list(partials), stats)
+def _reduce_stats_task(partials: list, stats: Any, segmenter: Segmenter, grid: TileGrid) -> Any:
+    return segmenter.reduce_tile_stats(list(partials), stats, grid)
 
 
 def _segment_window(segmenter: Segmenter, block: np.ndarray, stats: Any, ctx: WindowContext):
@@ -228,10 +234,11 @@ def _segment_window(segmenter: Segmenter, block: np.ndarray, stats: Any, ctx: Wi
     return local, cl, ok, keep, vote
 
 
-def _tile_task(source: FrameSource, stats: Any, segmenter: Segmenter, tile: Tile, scratch: str, t: int) -> TileResult:
+def _tile_task(source: FrameSource, stats: Any, segmenter: Segmenter, tile: Tile, scratch: str, t: int,
+               aux=None) -> TileResult:
     t0 = time.perf_counter()
     Y, X = source.shape[1:]
-    ctx = _context(tile.window, (Y, X))
+    ctx = _context(tile.window, (Y, X), aux, t)
     local, cl, ok, keep, vote = _segment_window(segmenter, source.read(tile.window), stats, ctx)
     prov, anchors = provisional_ids(local, keep, ctx.origin, X, _prov_dtype(Y, X))
     cy, cx = tile.core_in_window
@@ -275,7 +282,7 @@ def _write_pixels(out, t: int, flat: np.ndarray, values: np.ndarray, frame_shape
 
 
 def _merge_task(source: FrameSource, stats: Any, segmenter: Segmenter, results: list, scratch: str, t: int,
-                tile_shape: tuple[int, int]) -> tuple[np.ndarray, dict]:
+                tile_shape: tuple[int, int], aux=None) -> tuple[np.ndarray, dict]:
     """Complete a frame: copy what tiles resolved for their neighbours, re-segment what none resolved.
 
     A cut cluster whose core pixels some other tile resolved is copied from it; the rest are
@@ -311,7 +318,7 @@ def _merge_task(source: FrameSource, stats: Any, segmenter: Segmenter, results: 
         grow = segmenter.halo
         while True:
             window = (max(0, g[0] - grow), min(Y, g[1] + grow), max(0, g[2] - grow), min(X, g[3] + grow))
-            ctx = _context(window, (Y, X))
+            ctx = _context(window, (Y, X), aux, t)
             local, cl, ok, keep, _ = _segment_window(segmenter, source.read(window), stats, ctx)
             gy0, gy1, gx0, gx1 = g[0] - window[0], g[1] - window[0], g[2] - window[2], g[3] - window[2]
             ids = np.unique(cl[gy0:gy1, gx0:gx1])
@@ -378,12 +385,15 @@ def segment_frame(segmenter: Segmenter, frame: np.ndarray, tile=None, halo: int 
     src = FrameSource(da.from_array(frame, chunks=frame.shape))
     scratch = zarr.create_array(store=zarr.storage.MemoryStore(), shape=(1, Y, X), chunks=(1, *plan.tile),
                                 dtype=_prov_dtype(Y, X), fill_value=0)
+    aux = zarr.create_array(store=zarr.storage.MemoryStore(), shape=(1, Y, X), chunks=(1, *plan.tile),
+                            dtype=np.int32, fill_value=0)
     if segmenter.needs_frame_stats:
         stats = _frame_stats_task(src, stats, segmenter)
     if segmenter.needs_tile_stats:
-        stats = segmenter.reduce_tile_stats([_tile_stats_task(src, stats, segmenter, t) for t in plan], stats)
-    results = [_tile_task(src, stats, segmenter, t, scratch, 0) for t in plan]
-    anchors, info = _merge_task(src, stats, segmenter, results, scratch, 0, plan.tile)
+        parts = [_tile_stats_task(src, stats, segmenter, t, aux, 0) for t in plan]
+        stats = segmenter.reduce_tile_stats(parts, stats, TileGrid((Y, X), plan.tile))
+    results = [_tile_task(src, stats, segmenter, t, scratch, 0, aux) for t in plan]
+    anchors, info = _merge_task(src, stats, segmenter, results, scratch, 0, plan.tile, aux)
     return number_from_provisional(scratch[0], anchors, 0), info
 
 
@@ -499,6 +509,9 @@ def _run_with(client, plan: RunPlan, overwrite: bool, t0: float, progress: bool,
     for job in plan.jobs:
         seg, tiles = job.segmenter, job.tiles
         scratch = store.create_scratch(job.name, (n_t, n_y, n_x), tiles.tile, _prov_dtype(n_y, n_x))
+        aux = store.create_scratch(job.name + ".aux", (n_t, n_y, n_x), tiles.tile, np.int32) \
+            if seg.needs_tile_stats else None
+        grid = TileGrid((n_y, n_x), tiles.tile)
         data = movie.data[:, job.channel_index]
         stats0 = None
         if seg.reference_frames():
@@ -511,11 +524,13 @@ def _run_with(client, plan: RunPlan, overwrite: bool, t0: float, progress: bool,
             src = dask.delayed(FrameSource(data[t]), pure=True, traverse=False)
             stats = dask.delayed(_frame_stats_task, pure=True)(src, stats0, seg_d) if seg.needs_frame_stats else stats0
             if seg.needs_tile_stats:
-                parts = [dask.delayed(_tile_stats_task, pure=True)(src, stats, seg_d, tile) for tile in tiles]
-                stats = dask.delayed(_reduce_stats_task, pure=True)(parts, stats, seg_d)
+                parts = [dask.delayed(_tile_stats_task, pure=False)(src, stats, seg_d, tile, aux, t) for tile in tiles]
+                stats = dask.delayed(_reduce_stats_task, pure=True)(parts, stats, seg_d, grid)
             with annotate:
-                results = [dask.delayed(_tile_task, pure=False)(src, stats, seg_d, tile, scratch, t) for tile in tiles]
-                tasks.append(dask.delayed(_merge_task, pure=False)(src, stats, seg_d, results, scratch, t, tiles.tile))
+                results = [dask.delayed(_tile_task, pure=False)(src, stats, seg_d, tile, scratch, t, aux)
+                           for tile in tiles]
+                tasks.append(dask.delayed(_merge_task, pure=False)(src, stats, seg_d, results, scratch, t, tiles.tile,
+                                                                   aux))
         spans[job.name] = (start, len(tasks))
     echo(f"segmenting {n_t} frames x {len(plan.jobs)} population(s) "
          f"({', '.join(f'{j.name}: {len(j.tiles)} tile(s)/frame' for j in plan.jobs)}) ...")

@@ -17,10 +17,10 @@ from typing import Sequence
 
 from ..config import PopulationSpec
 from ..errors import PopsegError
-from .base import Segmenter, WindowContext, resolve_channel
+from .base import Segmenter, TileGrid, WindowContext, resolve_channel
 from .threshold import ThresholdSegmenter
 
-__all__ = ["Segmenter", "WindowContext", "available_segmenters", "get_segmenter_class", "build_segmenter", "resolve_channel"]
+__all__ = ["Segmenter", "TileGrid", "WindowContext", "available_segmenters", "get_segmenter_class", "build_segmenter", "resolve_channel"]
 
 ENTRY_POINT_GROUP = "popseg_dask.segmenters"
 _BUILTIN: dict[str, type[Segmenter]] = {"threshold": ThresholdSegmenter}

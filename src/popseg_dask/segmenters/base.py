@@ -46,20 +46,34 @@ from pydantic import ValidationError
 from ..config import Strict, validation_message
 from ..errors import PopsegError
 
-__all__ = ["Segmenter", "WindowContext", "resolve_channel"]
+__all__ = ["Segmenter", "WindowContext", "TileGrid", "resolve_channel"]
 
 
 @dataclass(frozen=True)
+class TileGrid:
+    """The geometry of a frame's tiles, as statistics reductions need it."""
+
+    frame_shape: tuple[int, int]
+    tile: tuple[int, int]
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return -(-self.frame_shape[0] // self.tile[0]), -(-self.frame_shape[1] // self.tile[1])
+
+
+@dataclass(frozen=True, eq=False)
 class WindowContext:
     """Where a block sits: the frame's shape, the window's origin, its artificial edges.
 
     ``artificial`` is (top, bottom, left, right): True where the window edge lies inside the
-    frame (the segmenter sees a cut there), False on the frame's own edges.
+    frame (the segmenter sees a cut there), False on the frame's own edges. ``aux`` is the
+    window of the per-pixel arrays the segmenter's ``tile_stats`` stored (or None).
     """
 
     frame_shape: tuple[int, int]
     origin: tuple[int, int] = (0, 0)
     artificial: tuple[bool, bool, bool, bool] = (False, False, False, False)
+    aux: np.ndarray | None = None
 
     @property
     def is_whole_frame(self) -> bool:
@@ -128,12 +142,17 @@ class Segmenter(ABC):
         return stats
 
     def tile_stats(self, block: np.ndarray, stats: Any, ctx: WindowContext,
-                   core: tuple[slice, slice]) -> Any:
-        """Partial frame statistics from one tile's core (run when ``needs_tile_stats``)."""
-        return None
+                   core: tuple[slice, slice]) -> tuple[Any, np.ndarray | None]:
+        """Partial frame statistics from one tile's core (run when ``needs_tile_stats``).
 
-    def reduce_tile_stats(self, partials: list, stats: Any) -> Any:
-        """Combine the tiles' partial statistics into the frame's."""
+        Returns the partial (small, sent to ``reduce_tile_stats``) and optionally an int32
+        array of the core's shape that the pipeline stores and hands back, windowed, as
+        ``ctx.aux`` when segmenting.
+        """
+        return None, None
+
+    def reduce_tile_stats(self, partials: list, stats: Any, grid: "TileGrid") -> Any:
+        """Combine the tiles' partial statistics (in grid order) into the frame's."""
         return stats
 
     @abstractmethod

@@ -170,6 +170,56 @@ def fill_label_holes(labels: np.ndarray) -> np.ndarray:
     return out
 
 
+def _join_background(partials: list, grid) -> dict[str, Any]:
+    """Which background components of the cores are holes of the frame (union across cores)."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    gy, gx = grid.shape
+    counts = np.asarray([p["n"] for p in partials], dtype=np.int64)
+    offsets = np.concatenate([[0], np.cumsum(counts)])[:-1]
+    total = int(counts.sum())
+    rows, cols = [], []
+    for k, p in enumerate(partials):
+        i, j = divmod(k, gx)
+        for nb, mine, theirs in (((i, j + 1), p["sides"][3], 2), ((i + 1, j), p["sides"][1], 0)):
+            if nb[0] >= gy or nb[1] >= gx:
+                continue
+            kk = nb[0] * gx + nb[1]
+            other = partials[kk]["sides"][theirs]
+            both = (mine > 0) & (other > 0)
+            if both.any():
+                pairs = np.unique(np.stack([mine[both] + offsets[k], other[both] + offsets[kk]]), axis=1)
+                rows.append(pairs[0])
+                cols.append(pairs[1])
+    r = np.concatenate(rows) if rows else np.zeros(0, np.int64)
+    c = np.concatenate(cols) if cols else np.zeros(0, np.int64)
+    # global ids 1..total (0 unused)
+    graph = coo_matrix((np.ones(len(r), np.int8), (r, c)), shape=(total + 1, total + 1))
+    _, comp = connected_components(graph, directed=False)
+    touches = np.concatenate([[False]] + [p["touches"][1:] for p in partials])
+    outside = np.zeros(comp.max() + 1, bool)
+    np.logical_or.at(outside, comp[touches], True)
+    holes = ~outside[comp]
+    holes[0] = False
+    return {"holes": holes, "hole_offsets": offsets, "tile": grid.tile, "grid_cols": gx}
+
+
+def _holes_in_window(ctx, stats) -> np.ndarray:
+    """Pixels of the window that are frame holes (background filled by hole filling)."""
+    aux = ctx.aux
+    if aux is None:
+        raise RuntimeError("hole filling in a tile needs the background components stored by tile_stats")
+    oy, ox = ctx.origin
+    ty, tx = stats["tile"]
+    H, W = aux.shape
+    ti = (np.arange(oy, oy + H) // ty)[:, None]
+    tj = (np.arange(ox, ox + W) // tx)[None, :]
+    k = ti * stats["grid_cols"] + tj
+    glob = stats["hole_offsets"][k] + aux
+    return (aux > 0) & stats["holes"][glob]
+
+
 def flood_components(image: np.ndarray, markers: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """Marker watershed of ``image`` inside ``mask``, each 4-connected component flooded on its own.
 
@@ -298,7 +348,7 @@ class ThresholdSegmenter(Segmenter):
 
     @property
     def needs_tile_stats(self) -> bool:  # type: ignore[override]
-        return self.params.do_watershed
+        return self.params.do_watershed or self.params.fill_holes
 
     # --------------------------------------------------------------- stats
     def reference_frames(self) -> list[int]:
@@ -332,10 +382,15 @@ class ThresholdSegmenter(Segmenter):
         return out
 
     def tile_stats(self, block, stats, ctx, core):
-        """Core's share of the frame facts the peak search needs: foreground box, background."""
+        """Core's share of the frame facts: foreground box, background, background components.
+
+        Hole filling is a frame-wide fact (a background region is a hole iff it does not reach
+        the frame edge): each core labels its background components (stored per pixel) and
+        reports those on its sides; the reduction joins them across cores.
+        """
         stats = stats or {}
         if stats.get("whole"):
-            return None
+            return None, None
         binary = self._binary(block, stats, ctx, fill=False)
         cy, cx = core
         oy, ox = ctx.origin
@@ -343,7 +398,6 @@ class ThresholdSegmenter(Segmenter):
         md = self.params.marker_min_distance
         sub = binary[cy, cx]
         gy0, gx0 = oy + cy.start, ox + cx.start
-        # After hole filling, background remains iff some frame-edge pixel is background.
         edge = np.zeros(sub.shape, bool)
         if gy0 == 0:
             edge[0, :] = True
@@ -353,26 +407,36 @@ class ThresholdSegmenter(Segmenter):
             edge[:, 0] = True
         if gx0 + sub.shape[1] == X:
             edge[:, -1] = True
-        has_bg = bool((edge & ~sub).any())
+        # After hole filling, background remains iff some frame-edge pixel is background.
+        part: dict[str, Any] = {"has_bg": bool((edge & ~sub).any()), "box": None}
         # skimage's peak search looks only at the box of the foreground inside a strip of
         # min_distance along the frame edge; the box is a frame-wide fact.
         yy0, yy1 = max(md - gy0, 0), min(Y - md - gy0, sub.shape[0])
         xx0, xx1 = max(md - gx0, 0), min(X - md - gx0, sub.shape[1])
-        box = None
         if yy0 < yy1 and xx0 < xx1:
             inner = sub[yy0:yy1, xx0:xx1]
             if inner.any():
                 rows = np.flatnonzero(inner.any(axis=1))
                 cols = np.flatnonzero(inner.any(axis=0))
-                box = (gy0 + yy0 + rows[0], gy0 + yy0 + rows[-1] + 1, gx0 + xx0 + cols[0], gx0 + xx0 + cols[-1] + 1)
-        return box, has_bg
+                part["box"] = (gy0 + yy0 + rows[0], gy0 + yy0 + rows[-1] + 1,
+                               gx0 + xx0 + cols[0], gx0 + xx0 + cols[-1] + 1)
+        aux = None
+        if self.params.fill_holes:
+            comp, n = ndi.label(~sub)  # 4-connected, as binary_fill_holes floods the background
+            touches = np.zeros(n + 1, bool)
+            touches[np.unique(comp[edge])] = True
+            touches[0] = False
+            part.update(n=n, touches=touches,
+                        sides=(comp[0, :].copy(), comp[-1, :].copy(), comp[:, 0].copy(), comp[:, -1].copy()))
+            aux = comp.astype(np.int32)
+        return part, aux
 
-    def reduce_tile_stats(self, partials, stats):
+    def reduce_tile_stats(self, partials, stats, grid=None):
         out = dict(stats or {})
         if out.get("whole"):
             return out
-        boxes = [p[0] for p in partials if p is not None and p[0] is not None]
-        has_bg = any(p[1] for p in partials if p is not None)
+        boxes = [p["box"] for p in partials if p is not None and p["box"] is not None]
+        has_bg = any(p["has_bg"] for p in partials if p is not None)
         if boxes:
             b = np.asarray(boxes)
             out["roi"] = (int(b[:, 0].min()), int(b[:, 1].max()), int(b[:, 2].min()), int(b[:, 3].max()))
@@ -380,6 +444,8 @@ class ThresholdSegmenter(Segmenter):
             out["roi"] = None
         if not has_bg and out["roi"] is not None:
             out["whole"] = True  # no background at all: the distance map has no zero; do it whole
+        if self.params.fill_holes and grid is not None:
+            out.update(_join_background(partials, grid))
         return out
 
     def _frame_facts(self, frame: np.ndarray, stats: Any) -> dict[str, Any]:
@@ -388,7 +454,7 @@ class ThresholdSegmenter(Segmenter):
         st = self.frame_stats(frame, stats) if self.needs_frame_stats else dict(stats or {})
         if self.needs_tile_stats:
             whole = (slice(0, frame.shape[-2]), slice(0, frame.shape[-1]))
-            st = self.reduce_tile_stats([self.tile_stats(frame, st, ctx, whole)], st)
+            st = self.reduce_tile_stats([self.tile_stats(frame, st, ctx, whole)[0]], st)
         return st
 
     # --------------------------------------------------------------- segmentation
@@ -443,7 +509,10 @@ class ThresholdSegmenter(Segmenter):
             binary[:, : max(0, min(W, e - ox))] = False
             binary[:, max(0, X - e - ox):] = False
         if fill:
-            binary = ndi.binary_fill_holes(binary)
+            if ctx.is_whole_frame or "holes" not in stats:
+                binary = ndi.binary_fill_holes(binary)
+            else:
+                binary = binary | _holes_in_window(ctx, stats)
         return binary
 
     def _peaks(self, distance, binary, stats, ctx) -> tuple[np.ndarray, bool]:
