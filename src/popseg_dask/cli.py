@@ -28,6 +28,64 @@ def _cmd_run(args) -> int:
         overwrite=args.overwrite, progress=not args.quiet, echo=print,
     )
     _print_summary(record, args.config)
+    output = Path(record["output"])
+    if args.measure:
+        _measure(output, args, overwrite=True)
+    if args.report:
+        from .report import write_report
+
+        print(f"report: {write_report(output)}")
+    return 0
+
+
+def _measure(output: Path, args, overwrite: bool) -> None:
+    from .cluster import open_client
+    from .measure import measure_output
+
+    with open_client(getattr(args, "scheduler", None), n_workers=getattr(args, "workers", None)) as client:
+        res = measure_output(output, client=client, radius_um=args.radius_um, overwrite=overwrite,
+                             progress=not getattr(args, "quiet", False))
+    rows = ", ".join(f"{k}: {v}" for k, v in res["rows"].items())
+    print(f"measurements: {res['path']} ({rows} rows; {res['frames']} frames in {res['seconds']:.1f} s)")
+
+
+def _cmd_measure(args) -> int:
+    _measure(Path(args.output), args, overwrite=args.overwrite)
+    return 0
+
+
+def _cmd_report(args) -> int:
+    from .report import write_report
+
+    print(f"report: {write_report(args.output, frames=args.frames)}")
+    return 0
+
+
+def _cmd_export(args) -> int:
+    from .io.celldetective import export_labels
+
+    done = export_labels(args.output, args.to, well=args.well, position=args.position,
+                         populations=args.population or None, overwrite=args.overwrite)
+    for p, info in done.items():
+        print(f"{p}: {info['frames']} frames -> {info['folder']}")
+    return 0
+
+
+def _cmd_import(args) -> int:
+    import yaml
+
+    from .io.celldetective import import_experiment
+
+    cfg = import_experiment(args.experiment)
+    print(f"# popseg config imported from the Celldetective experiment {args.experiment}")
+    print(yaml.safe_dump(cfg, sort_keys=False), end="")
+    return 0
+
+
+def _cmd_view(args) -> int:
+    from .view import view
+
+    view(args.output)
     return 0
 
 
@@ -119,7 +177,43 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--in-place", action="store_true", help="write labels inside the input OME-Zarr")
     r.add_argument("--overwrite", action="store_true", help="replace existing output")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
+    r.add_argument("--measure", action="store_true", help="measure every object afterwards (Parquet)")
+    r.add_argument("--report", action="store_true", help="write the QC report afterwards")
+    r.add_argument("--radius-um", type=float, default=20.0, help="neighbourhood radius for --measure")
     r.set_defaults(func=_cmd_run)
+
+    m = sub.add_parser("measure", help="per-object measurements of a run, as Parquet")
+    m.add_argument("output", help="the output store of a run")
+    m.add_argument("--radius-um", type=float, default=20.0, help="neighbourhood radius (µm; px without pixel size)")
+    m.add_argument("--scheduler", metavar="ADDRESS")
+    m.add_argument("--workers", type=int)
+    m.add_argument("--overwrite", action="store_true")
+    m.add_argument("--quiet", action="store_true")
+    m.set_defaults(func=_cmd_measure)
+
+    q = sub.add_parser("report", help="QC report (HTML + PNGs) of a run")
+    q.add_argument("output")
+    q.add_argument("--frames", type=int, default=4, help="frames in the overlay montage")
+    q.set_defaults(func=_cmd_report)
+
+    e = sub.add_parser("export", help="export labels to another tool's layout")
+    e.add_argument("format", choices=["celldetective"])
+    e.add_argument("output", help="the output store of a run")
+    e.add_argument("--to", required=True, help="experiment folder")
+    e.add_argument("--well", default="W1")
+    e.add_argument("--position", default="100")
+    e.add_argument("--population", action="append", help="only this population (repeatable)")
+    e.add_argument("--overwrite", action="store_true")
+    e.set_defaults(func=_cmd_export)
+
+    im = sub.add_parser("import", help="make a popseg config from another tool's project")
+    im.add_argument("format", choices=["celldetective"])
+    im.add_argument("experiment", help="Celldetective experiment folder")
+    im.set_defaults(func=_cmd_import)
+
+    v = sub.add_parser("view", help="open the movie and labels in napari")
+    v.add_argument("output")
+    v.set_defaults(func=_cmd_view)
 
     d = sub.add_parser("demo", help="segment a synthetic two-population movie and score it")
     d.add_argument("--out", default="demo-output", help="folder for the movie, config and labels")

@@ -234,8 +234,28 @@ def _segment_window(segmenter: Segmenter, block: np.ndarray, stats: Any, ctx: Wi
     return local, cl, ok, keep, vote
 
 
+def _resolvable_by_others(box, tile: Tile, plan: TilePlan, margin: int) -> bool:
+    """Whether every other tile whose core meets ``box`` (global y0, y1, x0, x1) sees it resolved."""
+    (Y, X), (ty, tx) = plan.frame_shape, plan.tile
+    y0, y1, x0, x1 = box
+    for i in range(y0 // ty, (y1 - 1) // ty + 1):
+        for j in range(x0 // tx, (x1 - 1) // tx + 1):
+            if (i, j) == tile.index:
+                continue
+            cy0, cx0 = i * ty, j * tx
+            wy0, wy1 = max(0, cy0 - plan.halo), min(Y, cy0 + ty + plan.halo)
+            wx0, wx1 = max(0, cx0 - plan.halo), min(X, cx0 + tx + plan.halo)
+            lo_y = wy0 + (margin if wy0 > 0 else 0)
+            hi_y = wy1 - (margin if wy1 < Y else 0)
+            lo_x = wx0 + (margin if wx0 > 0 else 0)
+            hi_x = wx1 - (margin if wx1 < X else 0)
+            if not (y0 >= lo_y and y1 <= hi_y and x0 >= lo_x and x1 <= hi_x):
+                return False
+    return True
+
+
 def _tile_task(source: FrameSource, stats: Any, segmenter: Segmenter, tile: Tile, scratch: str, t: int,
-               aux=None) -> TileResult:
+               aux=None, plan: TilePlan | None = None) -> TileResult:
     t0 = time.perf_counter()
     Y, X = source.shape[1:]
     ctx = _context(tile.window, (Y, X), aux, t)
@@ -245,10 +265,20 @@ def _tile_task(source: FrameSource, stats: Any, segmenter: Segmenter, tile: Tile
     y0, y1, x0, x1 = tile.core
     _open_array(scratch, "r+")[t, y0:y1, x0:x1] = prov[cy, cx]
     oy, ox = ctx.origin
-    # resolved support outside the core: exact, so neighbours can take it as it is
+    # Resolved clusters reaching into other cores are exact here: hand them to the merge for the
+    # neighbours that cannot resolve them themselves (the rest they compute alike).
     outside = np.ones(cl.shape, bool)
     outside[cy, cx] = False
-    share = outside & (cl > 0) & ok[cl]
+    wanted = np.zeros(len(ok), bool)
+    margin = max(segmenter.halo, 1) + 1
+    for c in np.unique(cl[outside & (cl > 0)]):
+        if not ok[c]:
+            continue
+        b = cluster_boxes(cl, [c])[0]
+        gbox = (b[0] + oy, b[1] + oy, b[2] + ox, b[3] + ox)
+        if plan is None or not _resolvable_by_others(gbox, tile, plan, margin):
+            wanted[c] = True
+    share = outside & wanted[cl]
     ys, xs = np.nonzero(share)
     shared = ((ys + oy).astype(np.int64) * X + (xs + ox), prov[ys, xs])
     bad = np.unique(cl[cy, cx])
@@ -392,7 +422,7 @@ def segment_frame(segmenter: Segmenter, frame: np.ndarray, tile=None, halo: int 
     if segmenter.needs_tile_stats:
         parts = [_tile_stats_task(src, stats, segmenter, t, aux, 0) for t in plan]
         stats = segmenter.reduce_tile_stats(parts, stats, TileGrid((Y, X), plan.tile))
-    results = [_tile_task(src, stats, segmenter, t, scratch, 0, aux) for t in plan]
+    results = [_tile_task(src, stats, segmenter, t, scratch, 0, aux, plan) for t in plan]
     anchors, info = _merge_task(src, stats, segmenter, results, scratch, 0, plan.tile, aux)
     return number_from_provisional(scratch[0], anchors, 0), info
 
@@ -527,7 +557,7 @@ def _run_with(client, plan: RunPlan, overwrite: bool, t0: float, progress: bool,
                 parts = [dask.delayed(_tile_stats_task, pure=False)(src, stats, seg_d, tile, aux, t) for tile in tiles]
                 stats = dask.delayed(_reduce_stats_task, pure=True)(parts, stats, seg_d, grid)
             with annotate:
-                results = [dask.delayed(_tile_task, pure=False)(src, stats, seg_d, tile, scratch, t, aux)
+                results = [dask.delayed(_tile_task, pure=False)(src, stats, seg_d, tile, scratch, t, aux, tiles)
                            for tile in tiles]
                 tasks.append(dask.delayed(_merge_task, pure=False)(src, stats, seg_d, results, scratch, t, tiles.tile,
                                                                    aux))
@@ -581,6 +611,7 @@ def _run_with(client, plan: RunPlan, overwrite: bool, t0: float, progress: bool,
     store.drop_scratch()
     timings["total_s"] = time.perf_counter() - t0
     record.update(
+        output=str(plan.output),
         complete=True,
         finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         timings=timings,

@@ -170,6 +170,34 @@ def fill_label_holes(labels: np.ndarray) -> np.ndarray:
     return out
 
 
+def _greedy_spacing(coords: np.ndarray, spacing: int) -> np.ndarray:
+    """Keep points in order, dropping any within Chebyshev distance < ``spacing`` of a kept one.
+
+    The rule of skimage's ``ensure_spacing`` (as ``peak_local_max`` uses it), done in batches so
+    that plateaus with many candidate peaks cannot blow up memory.
+    """
+    from scipy.spatial import cKDTree
+
+    kept = coords[:0]
+    start, size = 0, 50
+    while start < len(coords):
+        batch = coords[start:start + size]
+        start += len(batch)
+        size = min(2 * size, 2000)
+        pts = np.vstack([kept, batch])
+        near = cKDTree(pts).query_ball_point(pts, r=spacing, p=np.inf)
+        rejected = np.zeros(len(pts), bool)
+        for i, cand in enumerate(near):
+            if rejected[i]:
+                continue
+            cand = np.asarray([c for c in cand if c != i], dtype=np.int64)
+            if len(cand):
+                d = np.abs(pts[cand] - pts[i]).max(axis=1)
+                rejected[cand[d < spacing]] = True
+        kept = pts[~rejected]
+    return kept
+
+
 def _join_background(partials: list, grid) -> dict[str, Any]:
     """Which background components of the cores are holes of the frame (union across cores)."""
     from scipy.sparse import coo_matrix
@@ -523,8 +551,6 @@ class ThresholdSegmenter(Segmenter):
         window and this window's vote that the frame is 'trivial' (every foreground pixel of the
         search box a maximum), which only a whole frame can settle.
         """
-        from scipy.spatial import cKDTree
-
         p = self.params
         roi = stats.get("roi")
         peaks = np.zeros(binary.shape, bool)
@@ -558,18 +584,7 @@ class ThresholdSegmenter(Segmenter):
         coords = np.argwhere(out)
         if len(coords) and p.marker_min_distance > 1:
             order = np.argsort(-img[out], kind="stable")
-            coords = coords[order]
-            tree = cKDTree(coords)
-            near = tree.query_ball_point(coords, r=p.marker_min_distance, p=np.inf)
-            rejected = np.zeros(len(coords), bool)
-            for i, cand in enumerate(near):
-                if rejected[i]:
-                    continue
-                cand = np.asarray([c for c in cand if c != i], dtype=np.int64)
-                if len(cand):
-                    d = np.abs(coords[cand] - coords[i]).max(axis=1)
-                    rejected[cand[d < p.marker_min_distance]] = True
-            coords = coords[~rejected]
+            coords = _greedy_spacing(coords[order], p.marker_min_distance)
         peaks[coords[:, 0] + y0, coords[:, 1] + x0] = True
         return peaks, vote
 

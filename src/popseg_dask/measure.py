@@ -1,0 +1,203 @@
+"""Per-object measurements of a run's labels, written as a Parquet dataset.
+
+One row per object per frame and population: id, frame, centroid (pixels and µm), area, bounding
+box, perimeter, eccentricity, solidity, major/minor axis, and per channel (by name) the mean, min,
+max and standard deviation of the intensity; plus, for every other population, how many of its
+objects the object touches (overlap or 8-adjacency) and how many lie within a radius (centroid to
+centroid, µm); the object's own population is counted too, the object itself never.
+
+Measurements are taken on the final, stitched labels, one task per frame, so an object cut by
+tiles is measured once and whole.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .errors import PopsegError
+
+__all__ = ["measure_frame", "contacts", "neighbours_within", "measure_output", "read_measurements", "SHAPE_COLUMNS"]
+
+_SHAPE = ("area", "bbox", "centroid", "perimeter", "eccentricity", "solidity", "axis_major_length",
+          "axis_minor_length")
+SHAPE_COLUMNS = ("id", "frame", "population", "centroid_y_px", "centroid_x_px", "centroid_y_um", "centroid_x_um",
+                 "area_px", "area_um2", "bbox_y0", "bbox_x0", "bbox_y1", "bbox_x1", "perimeter_px", "eccentricity",
+                 "solidity", "axis_major_px", "axis_minor_px")
+
+
+def measure_frame(labels: np.ndarray, image: np.ndarray, channels: list[str], *, frame: int, population: str,
+                  pixel_size_um: float | None) -> pd.DataFrame:
+    """Shape and intensity features of every object of one frame.
+
+    Parameters
+    ----------
+    labels : (y, x) integer array
+        Objects of one population (ids unique in the movie).
+    image : (c, y, x) array
+        All channels of the same frame.
+    channels : list of str
+        Channel names, for the intensity columns ``<channel>_mean`` etc.
+    frame : int
+    population : str
+    pixel_size_um : float or None
+        For the µm columns (NaN without it).
+    """
+    from skimage.measure import regionprops_table
+
+    labels = np.asarray(labels)
+    props = list(_SHAPE) + ["label", "intensity_mean", "intensity_min", "intensity_max", "intensity_std"]
+    if labels.any():
+        t = regionprops_table(labels, intensity_image=np.moveaxis(np.asarray(image), 0, -1), properties=props)
+    else:
+        t = {k: np.zeros(0) for k in ["label", "area", "centroid-0", "centroid-1", "bbox-0", "bbox-1", "bbox-2",
+                                       "bbox-3", "perimeter", "eccentricity", "solidity", "axis_major_length",
+                                       "axis_minor_length"]}
+        for stat in ("mean", "min", "max", "std"):
+            for j in range(len(channels)):
+                t[f"intensity_{stat}-{j}"] = np.zeros(0)
+    px = float("nan") if pixel_size_um is None else float(pixel_size_um)
+    n = len(t["label"])
+    out = {
+        "id": np.asarray(t["label"], np.uint64),
+        "frame": np.full(n, frame, np.int32),
+        "population": pd.Categorical([population] * n),
+        "centroid_y_px": t["centroid-0"], "centroid_x_px": t["centroid-1"],
+        "centroid_y_um": t["centroid-0"] * px, "centroid_x_um": t["centroid-1"] * px,
+        "area_px": np.asarray(t["area"], np.int64), "area_um2": np.asarray(t["area"], float) * px * px,
+        "bbox_y0": np.asarray(t["bbox-0"], np.int32), "bbox_x0": np.asarray(t["bbox-1"], np.int32),
+        "bbox_y1": np.asarray(t["bbox-2"], np.int32), "bbox_x1": np.asarray(t["bbox-3"], np.int32),
+        "perimeter_px": t["perimeter"], "eccentricity": t["eccentricity"], "solidity": t["solidity"],
+        "axis_major_px": t["axis_major_length"], "axis_minor_px": t["axis_minor_length"],
+    }
+    for j, c in enumerate(channels):
+        for stat in ("mean", "min", "max", "std"):
+            out[f"{c}_{stat}"] = np.asarray(t[f"intensity_{stat}-{j}"], float)
+    return pd.DataFrame(out)
+
+
+def contacts(a: np.ndarray, b: np.ndarray) -> dict[int, int]:
+    """For each object of ``a``, how many objects of ``b`` it overlaps or touches (8-adjacency).
+
+    With ``b is a``, an object does not count itself.
+    """
+    same = b is a
+    a, b = np.asarray(a), np.asarray(b)
+    pairs = []
+    H, W = a.shape
+    for dy in (-1, 0, 1):
+        for dx in (-1, 0, 1):
+            ya = slice(max(0, dy), H + min(0, dy))
+            xa = slice(max(0, dx), W + min(0, dx))
+            yb = slice(max(0, -dy), H + min(0, -dy))
+            xb = slice(max(0, -dx), W + min(0, -dx))
+            sa, sb = a[ya, xa], b[yb, xb]
+            both = (sa > 0) & (sb > 0)
+            if both.any():
+                pairs.append(np.stack([sa[both], sb[both]]).astype(np.int64))
+    if not pairs:
+        return {}
+    uniq = np.unique(np.concatenate(pairs, axis=1), axis=1)
+    if same:
+        uniq = uniq[:, uniq[0] != uniq[1]]
+    ids, counts = np.unique(uniq[0], return_counts=True)
+    return dict(zip(ids.tolist(), counts.tolist()))
+
+
+def neighbours_within(ca: np.ndarray, cb: np.ndarray, radius: float, same: bool = False) -> np.ndarray:
+    """For each point of ``ca`` (n, 2), how many points of ``cb`` lie within ``radius`` (excluding itself)."""
+    from scipy.spatial import cKDTree
+
+    if len(ca) == 0:
+        return np.zeros(0, np.int64)
+    if len(cb) == 0:
+        return np.zeros(len(ca), np.int64)
+    counts = np.asarray([len(x) for x in cKDTree(cb).query_ball_point(ca, r=radius)], np.int64)
+    return counts - 1 if same else counts
+
+
+def _measure_task(output: str, populations: list[str], input_info: dict, t: int, radius_um: float) -> pd.DataFrame:
+    import zarr
+
+    from .io.movie import open_movie
+
+    movie = open_movie(input_info["path"], channels=input_info.get("channels"), dims=input_info.get("dims"),
+                       pixel_size_um=input_info.get("pixel_size_um"))
+    image = np.asarray(movie.data[t].compute(scheduler="sync"))
+    names = [str(c) for c in movie.c.values]
+    px = movie.attrs["pixel_size_um"]
+    labels = {p: zarr.open_array(str(Path(output) / "labels" / p / "0"), mode="r")[t] for p in populations}
+    tables = {p: measure_frame(labels[p], image, names, frame=t, population=p, pixel_size_um=px)
+              for p in populations}
+    radius_px = radius_um / px if px else radius_um
+    for p, tab in tables.items():
+        for q in populations:  # its own population too (an object never counts itself)
+            touch = contacts(labels[p], labels[q])
+            tab[f"touching_{q}"] = np.asarray([touch.get(int(i), 0) for i in tab["id"]], np.int64)
+            cq = tables[q][["centroid_y_px", "centroid_x_px"]].to_numpy()
+            tab[f"within_{radius_um:g}um_{q}"] = neighbours_within(
+                tab[["centroid_y_px", "centroid_x_px"]].to_numpy(), cq, radius_px, same=(q == p))
+    return pd.concat(list(tables.values()), ignore_index=True) if tables else pd.DataFrame()
+
+
+def measure_output(output: Path | str, *, client=None, radius_um: float = 20.0, overwrite: bool = False,
+                   progress: bool = False) -> dict[str, Any]:
+    """Measure every object of a finished run; write ``<output>/measurements.parquet``.
+
+    The dataset is partitioned by population (``population=<name>/`` folders) and reads with
+    ``pandas.read_parquet``. Returns a summary (rows per population, seconds).
+    """
+    import dask
+    import dask.dataframe as dd
+    import zarr
+
+    output = Path(output)
+    try:
+        rec = dict(zarr.open_group(str(output), mode="r").attrs).get("popseg")
+    except Exception:
+        rec = None
+    if not rec:
+        raise PopsegError(f"{output} is not a popseg output (no run record); give the folder `popseg run` wrote")
+    if not rec.get("complete"):
+        raise PopsegError(f"the run in {output} is not complete; finish it (re-run popseg run) before measuring")
+    dest = output / "measurements.parquet"
+    if dest.exists() and not overwrite:
+        raise PopsegError(f"{dest} exists; pass --overwrite to measure again")
+    cfg = rec["config"]
+    populations = list(rec["populations"])
+    n_t = len(next(iter(rec["populations"].values()))["objects_per_frame"])
+    input_info = {"path": rec["input"], "channels": cfg.get("channels"), "dims": cfg.get("dims"),
+                  "pixel_size_um": cfg.get("pixel_size_um")}
+    t0 = time.perf_counter()
+    meta = _measure_task(str(output), populations, input_info, 0, radius_um).iloc[:0]
+    parts = [dask.delayed(_measure_task)(str(output), populations, input_info, t, radius_um) for t in range(n_t)]
+    ddf = dd.from_delayed(parts, meta=meta, verify_meta=False)
+    if dest.exists():
+        import shutil
+
+        shutil.rmtree(dest)
+    tmp = output / "measurements.parquet.partial"
+    write = ddf.to_parquet(str(tmp), partition_on=["population"], write_index=False, compute=False)
+    if client is not None:
+        fut = client.compute(write)
+        if progress:
+            from distributed import progress as show
+
+            show(fut)
+            print()
+        fut.result()
+    else:
+        dask.compute(write)
+    tmp.rename(dest)  # only a complete dataset carries the final name
+    rows = read_measurements(dest).groupby("population", observed=True).size().to_dict()
+    return {"path": str(dest), "rows": {str(k): int(v) for k, v in rows.items()},
+            "seconds": time.perf_counter() - t0, "frames": n_t}
+
+
+def read_measurements(path: Path | str) -> pd.DataFrame:
+    """Read a measurements dataset into one pandas DataFrame."""
+    return pd.read_parquet(path)

@@ -1,0 +1,58 @@
+"""Look at a run in napari: the movie's channels and every population's labels, all lazy."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .errors import PopsegError
+
+__all__ = ["napari_layers", "view"]
+
+_COLORMAPS = ["gray", "green", "magenta", "cyan", "yellow", "red", "blue"]
+
+
+def napari_layers(output: Path | str) -> list[tuple[Any, dict, str]]:
+    """Layer data for napari, as ``(data, kwargs, layer_type)``: images first, then labels.
+
+    Nothing is read: images are the input movie's dask array, labels dask arrays over the
+    output's Zarr arrays.
+    """
+    import dask.array as da
+    import zarr
+
+    from .io.movie import open_movie
+
+    output = Path(output)
+    try:
+        rec = dict(zarr.open_group(str(output), mode="r").attrs).get("popseg")
+    except Exception:
+        rec = None
+    if not rec:
+        raise PopsegError(f"{output} is not a popseg output (no run record)")
+    cfg = rec["config"]
+    movie = open_movie(rec["input"], channels=cfg.get("channels"), dims=cfg.get("dims"),
+                       pixel_size_um=cfg.get("pixel_size_um"))
+    px = movie.attrs["pixel_size_um"] or 1.0
+    scale = (1.0, px, px)
+    layers: list[tuple[Any, dict, str]] = []
+    for i, c in enumerate(movie.c.values):
+        layers.append((movie.data[:, i], {"name": str(c), "colormap": _COLORMAPS[i % len(_COLORMAPS)],
+                                          "blending": "additive", "scale": scale}, "image"))
+    for p in rec["populations"]:
+        path = output / "labels" / p / "0"
+        if path.exists():
+            layers.append((da.from_zarr(str(path)), {"name": p, "scale": scale, "opacity": 0.5}, "labels"))
+    return layers
+
+
+def view(output: Path | str) -> None:
+    """Open napari on a run (needs the ``napari`` extra and a display)."""
+    try:
+        import napari
+    except ImportError:
+        raise PopsegError("napari is not installed; pip install 'popseg-dask[napari]'") from None
+    viewer = napari.Viewer(title=f"popseg: {output}")
+    for data, kwargs, kind in napari_layers(output):
+        getattr(viewer, f"add_{kind}")(data, **kwargs)
+    napari.run()
