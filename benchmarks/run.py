@@ -123,13 +123,25 @@ def bench_core(frames: int, size: int, repeats: int) -> dict:
     }
 
 
+def _start_rss_sampler(dask_worker):
+    """Sample the worker's resident memory every 20 ms (ru_maxrss would include the parent's)."""
+    import threading
+
+    import psutil
+
+    proc = psutil.Process()
+    dask_worker._popseg_peak_rss = proc.memory_info().rss
+
+    def loop():
+        while True:
+            dask_worker._popseg_peak_rss = max(dask_worker._popseg_peak_rss, proc.memory_info().rss)
+            time.sleep(0.02)
+
+    threading.Thread(target=loop, daemon=True).start()
+
+
 def _worker_peak_rss(client) -> dict:
-    def peak():
-        import resource
-
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-    return client.run(peak)
+    return client.run(lambda dask_worker: dask_worker._popseg_peak_rss)
 
 
 def bench_tiles(frames: int, size: int, tiles: list[int], repeats: int) -> dict:
@@ -147,6 +159,7 @@ def bench_tiles(frames: int, size: int, tiles: list[int], repeats: int) -> dict:
         tmp = Path(tmp)
         m = make_movie(n_frames=frames, size=size, n_targets=int(30 * density), n_effectors=int(10 * density), seed=2)
         write_ome_zarr_image(tmp / "movie.ome.zarr", m.image, m.channels, pixel_size_um=m.pixel_size_um)
+        del m
         ref = None
         for r in range(repeats):
             for v in variants:
@@ -157,6 +170,7 @@ def bench_tiles(frames: int, size: int, tiles: list[int], repeats: int) -> dict:
                 (tmp / "run.yaml").write_text(yaml.safe_dump(cfg))
                 with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cl, \
                         Client(cl) as client:
+                    client.run(_start_rss_sampler)
                     t0 = time.perf_counter()
                     rec = run(load_config(tmp / "run.yaml"), client=client, overwrite=True)
                     wall = time.perf_counter() - t0

@@ -19,8 +19,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .errors import PopsegError
-
 __all__ = ["measure_frame", "contacts", "neighbours_within", "measure_output", "read_measurements", "SHAPE_COLUMNS"]
 
 _SHAPE = ("area", "bbox", "centroid", "perimeter", "eccentricity", "solidity", "axis_major_length",
@@ -120,13 +118,12 @@ def neighbours_within(ca: np.ndarray, cb: np.ndarray, radius: float, same: bool 
     return counts - 1 if same else counts
 
 
-def _measure_task(output: str, populations: list[str], input_info: dict, t: int, radius_um: float) -> pd.DataFrame:
+def _measure_task(output: str, populations: list[str], record: dict, t: int, radius_um: float) -> pd.DataFrame:
     import zarr
 
-    from .io.movie import open_movie
+    from .io.movie import open_run_input
 
-    movie = open_movie(input_info["path"], channels=input_info.get("channels"), dims=input_info.get("dims"),
-                       pixel_size_um=input_info.get("pixel_size_um"))
+    movie = open_run_input(record)
     image = np.asarray(movie.data[t].compute(scheduler="sync"))
     names = [str(c) for c in movie.c.values]
     px = movie.attrs["pixel_size_um"]
@@ -153,28 +150,19 @@ def measure_output(output: Path | str, *, client=None, radius_um: float = 20.0, 
     """
     import dask
     import dask.dataframe as dd
-    import zarr
+
+    from .io.labels import read_run_record
 
     output = Path(output)
-    try:
-        rec = dict(zarr.open_group(str(output), mode="r").attrs).get("popseg")
-    except Exception:
-        rec = None
-    if not rec:
-        raise PopsegError(f"{output} is not a popseg output (no run record); give the folder `popseg run` wrote")
-    if not rec.get("complete"):
-        raise PopsegError(f"the run in {output} is not complete; finish it (re-run popseg run) before measuring")
+    rec = read_run_record(output)
     dest = output / "measurements.parquet"
     if dest.exists() and not overwrite:
         raise PopsegError(f"{dest} exists; pass --overwrite to measure again")
-    cfg = rec["config"]
     populations = list(rec["populations"])
     n_t = len(next(iter(rec["populations"].values()))["objects_per_frame"])
-    input_info = {"path": rec["input"], "channels": cfg.get("channels"), "dims": cfg.get("dims"),
-                  "pixel_size_um": cfg.get("pixel_size_um")}
     t0 = time.perf_counter()
-    meta = _measure_task(str(output), populations, input_info, 0, radius_um).iloc[:0]
-    parts = [dask.delayed(_measure_task)(str(output), populations, input_info, t, radius_um) for t in range(n_t)]
+    meta = _measure_task(str(output), populations, rec, 0, radius_um).iloc[:0]
+    parts = [dask.delayed(_measure_task)(str(output), populations, rec, t, radius_um) for t in range(n_t)]
     ddf = dd.from_delayed(parts, meta=meta, verify_meta=False)
     if dest.exists():
         import shutil

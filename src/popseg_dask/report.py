@@ -14,8 +14,6 @@ from typing import Any
 
 import numpy as np
 
-from .errors import PopsegError
-
 __all__ = ["write_report", "overlay", "POPULATION_COLOURS"]
 
 POPULATION_COLOURS = ["#ff3b30", "#34c759", "#0a84ff", "#ffd60a", "#bf5af2", "#ff9f0a", "#64d2ff"]
@@ -60,17 +58,11 @@ def write_report(output: Path | str, *, frames: int = 4, measurements: bool = Tr
     import matplotlib.pyplot as plt
     import zarr
 
-    from .io.movie import open_movie
+    from .io.labels import read_run_record
+    from .io.movie import open_run_input
 
     output = Path(output)
-    try:
-        rec = dict(zarr.open_group(str(output), mode="r").attrs).get("popseg")
-    except Exception:
-        rec = None
-    if not rec:
-        raise PopsegError(f"{output} is not a popseg output (no run record); give the folder `popseg run` wrote")
-    if not rec.get("complete"):
-        raise PopsegError(f"the run in {output} is not complete; finish it before reporting")
+    rec = read_run_record(output)
     pops = list(rec["populations"])
     colours = {p: POPULATION_COLOURS[i % len(POPULATION_COLOURS)] for i, p in enumerate(pops)}
     out = output / "report"
@@ -105,9 +97,7 @@ def write_report(output: Path | str, *, frames: int = 4, measurements: bool = Tr
     plt.close(fig)
 
     # overlay montage
-    cfg = rec["config"]
-    movie = open_movie(rec["input"], channels=cfg.get("channels"), dims=cfg.get("dims"),
-                       pixel_size_um=cfg.get("pixel_size_um"))
+    movie = open_run_input(rec)
     picks = sorted(set(np.linspace(0, n_t - 1, min(frames, n_t)).round().astype(int).tolist()))
     fig, axes = plt.subplots(1, len(picks), figsize=(4.2 * len(picks), 4.6), dpi=110, squeeze=False)
     for ax, t in zip(axes[0], picks):

@@ -19,20 +19,13 @@ def napari_layers(output: Path | str) -> list[tuple[Any, dict, str]]:
     output's Zarr arrays.
     """
     import dask.array as da
-    import zarr
 
-    from .io.movie import open_movie
+    from .io.labels import read_run_record
+    from .io.movie import open_run_input
 
     output = Path(output)
-    try:
-        rec = dict(zarr.open_group(str(output), mode="r").attrs).get("popseg")
-    except Exception:
-        rec = None
-    if not rec:
-        raise PopsegError(f"{output} is not a popseg output (no run record)")
-    cfg = rec["config"]
-    movie = open_movie(rec["input"], channels=cfg.get("channels"), dims=cfg.get("dims"),
-                       pixel_size_um=cfg.get("pixel_size_um"))
+    rec = read_run_record(output, complete=False)
+    movie = open_run_input(rec)
     px = movie.attrs["pixel_size_um"] or 1.0
     scale = (1.0, px, px)
     layers: list[tuple[Any, dict, str]] = []

@@ -37,13 +37,10 @@ def export_labels(output: Path | str, experiment: Path | str, *, well: str = "W1
 
     from ..stitch import canonical_relabel
 
+    from .labels import read_run_record
+
     output = Path(output)
-    try:
-        rec = dict(zarr.open_group(str(output), mode="r").attrs).get("popseg")
-    except Exception:
-        rec = None
-    if not rec or not rec.get("complete"):
-        raise PopsegError(f"{output} holds no complete popseg run; run `popseg run` first")
+    rec = read_run_record(output)
     pops = populations or list(rec["populations"])
     unknown = set(pops) - set(rec["populations"])
     if unknown:

@@ -25,7 +25,7 @@ import zarr
 
 from ..errors import PopsegError
 
-__all__ = ["LabelStore", "label_chunks"]
+__all__ = ["LabelStore", "label_chunks", "read_run_record"]
 
 RECORD_KEY = "popseg"
 
@@ -177,3 +177,22 @@ class LabelStore:
 def relative_source(label_group: Path, image: Path) -> str:
     """``image-label.source.image``: the image's path relative to the label group."""
     return os.path.relpath(Path(image).resolve(), Path(label_group).resolve())
+
+
+def read_run_record(output: Path | str, *, complete: bool = True) -> dict[str, Any]:
+    """The run record of a popseg output store.
+
+    Raises
+    ------
+    PopsegError
+        If ``output`` is not a popseg output, or (with ``complete``) its run did not finish.
+    """
+    try:
+        rec = dict(zarr.open_group(str(output), mode="r").attrs).get(RECORD_KEY)
+    except Exception:
+        rec = None
+    if not rec:
+        raise PopsegError(f"{output} is not a popseg output (no run record); give the folder `popseg run` wrote")
+    if complete and not rec.get("complete"):
+        raise PopsegError(f"the run in {output} is not complete; re-run `popseg run` to finish it first")
+    return rec

@@ -28,7 +28,7 @@ import zarr
 
 from ..errors import PopsegError
 
-__all__ = ["open_movie", "describe", "SUPPORTED_DTYPES"]
+__all__ = ["open_movie", "open_run_input", "describe", "SUPPORTED_DTYPES"]
 
 DIMS = ("t", "c", "y", "x")
 # Integer and float pixels; complex, bool and object data are not images we can threshold.
@@ -109,6 +109,13 @@ def open_movie(
         name=path.name,
         attrs={"source": source, "pixel_size_um": pixel_size_um, "scale": scale},
     )
+
+
+def open_run_input(record: dict) -> xr.DataArray:
+    """Open the movie a run read, as its config described it (channels, dims, pixel size)."""
+    cfg = record.get("config", {})
+    return open_movie(record["input"], channels=cfg.get("channels"), dims=cfg.get("dims"),
+                      pixel_size_um=cfg.get("pixel_size_um"))
 
 
 def _to_tcyx(arr: da.Array, axes: str, path: Path) -> tuple[da.Array, str]:
