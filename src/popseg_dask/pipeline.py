@@ -134,9 +134,8 @@ def _tile_plan(pop: str, spec, seg: Segmenter, frame_shape: tuple[int, int]) -> 
         log.warning("population %s: halo %d is below the segmenter's margin %d; more objects will be "
                     "re-segmented in merged regions (results stay exact)", pop, spec.halo, seg.halo)
     tile = spec.tile
-    if getattr(seg, "whole_frame_only", False) and tile != "none":
-        log.warning("population %s: its filters depend on a pixel's position in the frame (std, variance, "
-                    "niblack, sauvola); frames are segmented whole", pop)
+    if seg.whole_frame_reason and tile != "none":
+        log.warning("population %s: frames are segmented whole: %s", pop, seg.whole_frame_reason)
         tile = "none"
     return plan_tiles(frame_shape, tile, halo, memory_bytes=spec.tile_memory_mb * 2**20,
                       clamp_halo=spec.halo is None)
@@ -223,6 +222,10 @@ def _segment_window(segmenter: Segmenter, block: np.ndarray, stats: Any, ctx: Wi
     if labels.shape != block.shape[-2:]:
         raise RuntimeError(f"segmenter {segmenter.name} returned shape {labels.shape} for a block of {block.shape}")
     local, n = canonical_relabel(labels)
+    if ctx.is_whole_frame:
+        # nothing is cut: every object is exact; one cluster holds the whole support
+        cl = (np.asarray(support, bool) | (local > 0)).astype(np.int32)
+        return local, cl, np.ones(2, bool), np.ones(n + 1, bool), vote
     cl, nc = clusters(np.asarray(support, bool) | (local > 0), segmenter.link)
     ok = resolved_clusters(cl, nc, ctx.artificial, max(segmenter.halo, 1))
     if n:
@@ -597,6 +600,7 @@ def _run_with(client, plan: RunPlan, overwrite: bool, t0: float, progress: bool,
         per_pop[job.name] = {
             "n_objects": total, "objects_per_frame": counts.tolist(), "dtype": dtype.name,
             "tile": list(job.tiles.tile), "halo": job.tiles.halo, "tiles_per_frame": len(job.tiles),
+            "whole_frame_reason": job.segmenter.whole_frame_reason,
             "merged_regions": int(sum(i["regions"] for i in infos)),
             "copied_clusters": int(sum(i.get("copied", 0) for i in infos)),
             "whole_frame_fallbacks": 0 if job.tiles.untiled else int(sum(i["whole_frame"] for i in infos)),

@@ -16,6 +16,7 @@ Contract
   segmentation and are resolved together (0: objects are independent).
 * ``object_size``: the largest object (or cluster) expected, in pixels; tile windows are padded
   by ``halo + object_size`` so that most cut objects are resolved by a neighbouring tile.
+* ``whole_frame_reason``: set when the segmenter cannot be tiled exactly (frames then run whole).
 * ``resources``: Dask worker resources its tasks need (e.g. ``{"GPU": 1}``), or None.
 * ``reference_frames()``: frames whose pixels its movie-level statistics need
   (e.g. a histogram reference); ``movie_stats(frames)`` reduces them once per run.
@@ -114,6 +115,7 @@ class Segmenter(ABC):
     resources: dict[str, float] | None = None
     needs_frame_stats: bool = False
     needs_tile_stats: bool = False
+    whole_frame_reason: str | None = None
 
     @classmethod
     def from_config(cls, params: dict[str, Any], channel_names: Sequence[str], *,

@@ -338,10 +338,15 @@ class ThresholdSegmenter(Segmenter):
 
     # --------------------------------------------------------------- tiling facts
     @property
-    def whole_frame_only(self) -> bool:
-        """Tiles are impossible with position-dependent filters or a frame-wide watershed flood."""
-        return (any(name in POSITION_DEPENDENT for name, *_ in self.params.filters)
-                or (self.params.do_watershed and self.params.watershed_ties == "celldetective"))
+    def whole_frame_reason(self) -> str | None:  # type: ignore[override]
+        """Why tiles cannot reproduce this config exactly (None when they can)."""
+        pos = [name for name, *_ in self.params.filters if name in POSITION_DEPENDENT]
+        if pos:
+            return (f"filter(s) {', '.join(sorted(set(pos)))} round differently at different positions "
+                    "in the frame")
+        if self.params.do_watershed and self.params.watershed_ties == "celldetective":
+            return "watershed_ties: celldetective floods the whole frame at once"
+        return None
 
     @property
     def peak_reach(self) -> int:
@@ -419,7 +424,9 @@ class ThresholdSegmenter(Segmenter):
         stats = stats or {}
         if stats.get("whole"):
             return None, None
-        binary = self._binary(block, stats, ctx, fill=False)
+        return self._partial(self._binary(block, stats, ctx, fill=False), ctx, core, holes=self.params.fill_holes)
+
+    def _partial(self, binary, ctx, core, holes: bool):
         cy, cx = core
         oy, ox = ctx.origin
         Y, X = ctx.frame_shape
@@ -449,7 +456,7 @@ class ThresholdSegmenter(Segmenter):
                 part["box"] = (gy0 + yy0 + rows[0], gy0 + yy0 + rows[-1] + 1,
                                gx0 + xx0 + cols[0], gx0 + xx0 + cols[-1] + 1)
         aux = None
-        if self.params.fill_holes:
+        if holes:
             comp, n = ndi.label(~sub)  # 4-connected, as binary_fill_holes floods the background
             touches = np.zeros(n + 1, bool)
             touches[np.unique(comp[edge])] = True
@@ -476,30 +483,28 @@ class ThresholdSegmenter(Segmenter):
             out.update(_join_background(partials, grid))
         return out
 
-    def _frame_facts(self, frame: np.ndarray, stats: Any) -> dict[str, Any]:
-        """All frame statistics, computed on a whole frame at once."""
-        ctx = WindowContext.whole(frame.shape[-2:])
-        st = self.frame_stats(frame, stats) if self.needs_frame_stats else dict(stats or {})
-        if self.needs_tile_stats:
-            whole = (slice(0, frame.shape[-2]), slice(0, frame.shape[-1]))
-            st = self.reduce_tile_stats([self.tile_stats(frame, st, ctx, whole)[0]], st)
-        return st
-
     # --------------------------------------------------------------- segmentation
     def __call__(self, block: np.ndarray, stats: Any = None) -> np.ndarray:
         """Segment a whole frame ``(c, y, x)``."""
         block = np.asarray(block)
-        stats = self._frame_facts(block, stats)
+        if self.needs_frame_stats:
+            stats = self.frame_stats(block, stats)
         return self.segment_window(block, stats, WindowContext.whole(block.shape[-2:]))[0]
 
     def segment_window(self, block, stats, ctx):
         """Segment a window; exact for clusters ``halo`` pixels from its artificial edges."""
         block = _inf_to_nan(np.asarray(block))
-        stats = stats or {}
+        stats = dict(stats or {})
         if stats.get("whole") and not ctx.is_whole_frame:
             empty = np.zeros(block.shape[-2:], np.int32)
             return empty, empty.astype(bool), True
-        binary = self._binary(block, stats, ctx, fill=self.params.fill_holes)
+        binary = self._binary(block, stats, ctx, fill=False)
+        if ctx.is_whole_frame and self.params.do_watershed and "roi" not in stats:
+            # a whole frame is its own single tile: its facts come from the mask just computed
+            whole = (slice(0, binary.shape[0]), slice(0, binary.shape[1]))
+            stats = self.reduce_tile_stats([self._partial(binary, ctx, whole, holes=False)[0]], stats)
+        if self.params.fill_holes:
+            binary = self._fill(binary, stats, ctx)
         vote = False
         if self.params.do_watershed:
             labels, vote = self._watershed(binary, stats, ctx)
@@ -508,6 +513,12 @@ class ThresholdSegmenter(Segmenter):
         if self.queries:
             labels = self._remove_matching(labels, block, ctx)
         return labels, binary, vote
+
+    @staticmethod
+    def _fill(binary, stats, ctx) -> np.ndarray:
+        if ctx.is_whole_frame or "holes" not in stats:
+            return ndi.binary_fill_holes(binary)
+        return binary | _holes_in_window(ctx, stats)
 
     def _binary(self, block, stats, ctx, fill: bool) -> np.ndarray:
         p = self.params
@@ -537,10 +548,7 @@ class ThresholdSegmenter(Segmenter):
             binary[:, : max(0, min(W, e - ox))] = False
             binary[:, max(0, X - e - ox):] = False
         if fill:
-            if ctx.is_whole_frame or "holes" not in stats:
-                binary = ndi.binary_fill_holes(binary)
-            else:
-                binary = binary | _holes_in_window(ctx, stats)
+            binary = self._fill(binary, stats, ctx)
         return binary
 
     def _peaks(self, distance, binary, stats, ctx) -> tuple[np.ndarray, bool]:
