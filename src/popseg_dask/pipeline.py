@@ -1,16 +1,19 @@
 """Build and run the Dask work of a run: segment every population, number ids globally, write.
 
-Two passes per population, both one task per frame:
+Per population and frame:
 
-1. **segment**: read the frame's channels, segment, renumber the objects 1..n in raster
-   order of their first pixel (:func:`~popseg_dask.stitch.canonical_relabel`), write
-   them to a scratch array and return n;
-2. **number**: once every count is known, frame t's ids are shifted by the prefix sum of
-   the counts of frames < t and written to the population's NGFF label image.
+1. **frame statistics** (only what the segmenter asks for): whole-frame facts such as Otsu
+   thresholds, then per-tile partial facts reduced per frame (see :mod:`popseg_dask.tiling`);
+2. **tiles**: each tile segments its padded window, writes the provisional ids of the objects it
+   resolves into its own core of a scratch array (one writer per chunk), and reports the clusters
+   it could not resolve (:mod:`popseg_dask.stitch`);
+3. **merge** (one task per frame): copies clusters a neighbour resolved, re-segments what no tile
+   resolved, and returns the frame's sorted anchors (the provisional ids of its objects);
+4. **numbering**: frame t's ids become 1 + rank of the anchor + the prefix sum of the counts of
+   frames < t, written to the population's NGFF label image.
 
-Ids are therefore unique across the movie, ordered by (frame, first pixel), and the
-output is bitwise identical whatever the number of workers or the order tasks ran in.
-Every chunk of every array has exactly one writer (chunks never span frames). The run
+Ids are therefore unique across the movie, ordered by (frame, first pixel), and the output is
+bitwise identical whatever the tile size, the number of workers or the order tasks ran in. The run
 record in the output's root attributes says ``complete: true`` only after the last write.
 """
 
@@ -35,7 +38,7 @@ from .errors import PopsegError
 from .io.labels import LabelStore, label_chunks, relative_source
 from .io.movie import open_movie
 from .segmenters import Segmenter, TileGrid, WindowContext, build_segmenter
-from .stitch import (canonical_relabel, cluster_boxes, clusters, frame_offsets, group_boxes, label_dtype_for,
+from .stitch import (cluster_boxes, compact_ids, clusters, frame_offsets, group_boxes, label_dtype_for,
                      number_from_provisional, provisional_ids, resolved_clusters)
 from .tiling import Tile, TilePlan, plan_tiles
 
@@ -165,12 +168,13 @@ class FrameSource:
         if self.nbytes <= _FRAME_CACHE_BYTES:
             full = _FRAME_CACHE.get(self.arr.name)
             if full is None:
-                full = np.asarray(self.arr.compute(scheduler="sync"))
+                # optimised once at construction: optimising again per read costs ~15 ms
+                full = np.asarray(self.arr.compute(scheduler="sync", optimize_graph=False))
                 if len(_FRAME_CACHE) >= 2:
                     _FRAME_CACHE.pop(next(iter(_FRAME_CACHE)))
                 _FRAME_CACHE[self.arr.name] = full
             return full[:, y0:y1, x0:x1]
-        return np.asarray(self.arr[:, y0:y1, x0:x1].compute(scheduler="sync"))
+        return np.asarray(self.arr[:, y0:y1, x0:x1].compute(scheduler="sync", optimize_graph=False))
 
 
 @dataclass
@@ -221,7 +225,7 @@ def _segment_window(segmenter: Segmenter, block: np.ndarray, stats: Any, ctx: Wi
     labels, support, vote = segmenter.segment_window(block, stats, ctx)
     if labels.shape != block.shape[-2:]:
         raise RuntimeError(f"segmenter {segmenter.name} returned shape {labels.shape} for a block of {block.shape}")
-    local, n = canonical_relabel(labels)
+    local, n = compact_ids(labels)
     if ctx.is_whole_frame:
         # nothing is cut: every object is exact; one cluster holds the whole support
         cl = (np.asarray(support, bool) | (local > 0)).astype(np.int32)
@@ -235,6 +239,12 @@ def _segment_window(segmenter: Segmenter, block: np.ndarray, stats: Any, ctx: Wi
     else:
         keep = np.ones(1, bool)
     return local, cl, ok, keep, vote
+
+
+def _present(labels: np.ndarray, n: int) -> np.ndarray:
+    """Nonzero ids present in ``labels`` (ids < n): a counting pass, not a sort."""
+    found = np.flatnonzero(np.bincount(labels.ravel(), minlength=n))
+    return found[found > 0]
 
 
 def _resolvable_by_others(box, tile: Tile, plan: TilePlan, margin: int) -> bool:
@@ -274,7 +284,7 @@ def _tile_task(source: FrameSource, stats: Any, segmenter: Segmenter, tile: Tile
     outside[cy, cx] = False
     wanted = np.zeros(len(ok), bool)
     margin = max(segmenter.halo, 1) + 1
-    for c in np.unique(cl[outside & (cl > 0)]):
+    for c in _present(cl[outside], len(ok)):
         if not ok[c]:
             continue
         b = cluster_boxes(cl, [c])[0]
@@ -284,8 +294,8 @@ def _tile_task(source: FrameSource, stats: Any, segmenter: Segmenter, tile: Tile
     share = outside & wanted[cl]
     ys, xs = np.nonzero(share)
     shared = ((ys + oy).astype(np.int64) * X + (xs + ox), prov[ys, xs])
-    bad = np.unique(cl[cy, cx])
-    bad = bad[(bad > 0) & ~ok[bad]]
+    bad = _present(cl[cy, cx], len(ok))
+    bad = bad[~ok[bad]]
     unresolved = []
     core_cl = cl[cy, cx]
     for c, b in zip(bad, cluster_boxes(cl, bad)):
@@ -422,7 +432,7 @@ def segment_frame(segmenter: Segmenter, frame: np.ndarray, tile=None, halo: int 
                             dtype=np.int32, fill_value=0)
     if segmenter.needs_frame_stats:
         stats = _frame_stats_task(src, stats, segmenter)
-    if segmenter.needs_tile_stats:
+    if segmenter.needs_tile_stats and not plan.untiled:
         parts = [_tile_stats_task(src, stats, segmenter, t, aux, 0) for t in plan]
         stats = segmenter.reduce_tile_stats(parts, stats, TileGrid((Y, X), plan.tile))
     results = [_tile_task(src, stats, segmenter, t, scratch, 0, aux, plan) for t in plan]
@@ -543,7 +553,7 @@ def _run_with(client, plan: RunPlan, overwrite: bool, t0: float, progress: bool,
         seg, tiles = job.segmenter, job.tiles
         scratch = store.create_scratch(job.name, (n_t, n_y, n_x), tiles.tile, _prov_dtype(n_y, n_x))
         aux = store.create_scratch(job.name + ".aux", (n_t, n_y, n_x), tiles.tile, np.int32) \
-            if seg.needs_tile_stats else None
+            if seg.needs_tile_stats and not tiles.untiled else None
         grid = TileGrid((n_y, n_x), tiles.tile)
         data = movie.data[:, job.channel_index]
         stats0 = None
@@ -556,7 +566,7 @@ def _run_with(client, plan: RunPlan, overwrite: bool, t0: float, progress: bool,
         for t in range(n_t):
             src = dask.delayed(FrameSource(data[t]), pure=True, traverse=False)
             stats = dask.delayed(_frame_stats_task, pure=True)(src, stats0, seg_d) if seg.needs_frame_stats else stats0
-            if seg.needs_tile_stats:
+            if seg.needs_tile_stats and not tiles.untiled:  # a whole frame computes its own
                 parts = [dask.delayed(_tile_stats_task, pure=False)(src, stats, seg_d, tile, aux, t) for tile in tiles]
                 stats = dask.delayed(_reduce_stats_task, pure=True)(parts, stats, seg_d, grid)
             with annotate:

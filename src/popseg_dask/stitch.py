@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage as ndi
 
-__all__ = ["canonical_relabel", "anchors_of", "frame_offsets", "label_dtype_for", "apply_offset"]
+__all__ = ["compact_ids", "canonical_relabel", "anchors_of", "frame_offsets", "label_dtype_for", "apply_offset"]
 
 
 def anchors_of(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -54,6 +54,27 @@ def anchors_of(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(ids, dtype=np.int64), np.asarray(anchors, dtype=np.int64).reshape(-1, 2)
 
 
+def compact_ids(labels: np.ndarray) -> tuple[np.ndarray, int]:
+    """Check a label image and bound its ids by its size (sparse ids are compacted).
+
+    Returns the labels (the same array unless compacted) and the largest id.
+    """
+    labels = np.asarray(labels)
+    if labels.dtype.kind not in "ui":
+        raise TypeError(f"label image must be integer, got {labels.dtype}")
+    if not labels.size:
+        return labels, 0
+    if labels.min() < 0:
+        raise ValueError("label image has negative ids")
+    top = int(labels.max())
+    if top > labels.size:
+        # Sparse ids (hashes, global ids): compact them so no table is sized by the largest.
+        _, inverse = np.unique(labels, return_inverse=True)
+        labels = inverse.reshape(labels.shape) + int(labels.min() > 0)
+        top = int(labels.max())
+    return labels, top
+
+
 def canonical_relabel(labels: np.ndarray) -> tuple[np.ndarray, int]:
     """Renumber a label image 1..n in raster order of the objects' first pixels.
 
@@ -67,15 +88,7 @@ def canonical_relabel(labels: np.ndarray) -> tuple[np.ndarray, int]:
     n : int
         Number of objects.
     """
-    labels = np.asarray(labels)
-    if labels.dtype.kind not in "ui":
-        raise TypeError(f"label image must be integer, got {labels.dtype}")
-    if labels.size and labels.min() < 0:
-        raise ValueError("label image has negative ids")
-    if labels.size and int(labels.max()) > labels.size:
-        # Sparse ids (hashes, global ids): compact them so no table is sized by the largest.
-        _, inverse = np.unique(labels, return_inverse=True)
-        labels = inverse.reshape(labels.shape) + int(labels.min() > 0)
+    labels, _ = compact_ids(labels)
     ids, anchors = anchors_of(labels)
     n = len(ids)
     if n == 0:
@@ -161,7 +174,7 @@ def resolved_clusters(cluster_labels: np.ndarray, n: int, artificial: tuple[bool
     if right:
         bands.append(cluster_labels[:, max(0, W - margin):])
     for band in bands:
-        ok[np.unique(band)] = False
+        ok[np.bincount(band.ravel(), minlength=n + 1) > 0] = False
     ok[0] = True
     return ok
 
@@ -220,7 +233,7 @@ def provisional_ids(labels: np.ndarray, keep: np.ndarray, origin: tuple[int, int
     Parameters
     ----------
     labels : (H, W) int array
-        Objects of a window, ids 1..n in any order (compacted by ``canonical_relabel`` first).
+        Objects of a window, ids bounded by its size (see ``compact_ids``), any order, gaps allowed.
     keep : (n + 1,) bool array
         Which ids to keep (index 0 ignored); others become 0.
     origin : (y0, x0)
