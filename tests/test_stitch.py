@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from popseg_dask.stitch import anchors_of, apply_offset, canonical_relabel, frame_offsets, label_dtype_for
+from popseg_dask.stitch import anchors_of, canonical_relabel, frame_offsets, label_dtype_for
 
 
 def test_empty_frame_has_no_objects():
@@ -70,13 +70,6 @@ def test_frame_offsets_prefix_sum():
     assert frame_offsets([]).tolist() == []
     with pytest.raises(ValueError):
         frame_offsets([1, -1])
-
-
-def test_apply_offset_keeps_background():
-    local = np.array([[0, 1], [2, 0]], np.uint32)
-    out = apply_offset(local, 10, np.uint32)
-    assert out.tolist() == [[0, 11], [12, 0]]
-    assert local.tolist() == [[0, 1], [2, 0]]  # input untouched
 
 
 def test_uint64_only_when_needed():

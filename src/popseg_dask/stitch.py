@@ -19,7 +19,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage as ndi
 
-__all__ = ["compact_ids", "canonical_relabel", "anchors_of", "frame_offsets", "label_dtype_for", "apply_offset"]
+__all__ = ["compact_ids", "canonical_relabel", "anchors_of", "frame_offsets", "label_dtype_for", "clusters",
+           "resolved_clusters", "cluster_boxes", "group_boxes", "provisional_ids", "number_from_provisional"]
 
 
 def anchors_of(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -110,15 +111,6 @@ def frame_offsets(counts) -> np.ndarray:
 def label_dtype_for(total: int) -> np.dtype:
     """uint32 unless the movie has more objects than uint32 can number."""
     return np.dtype(np.uint32) if total <= np.iinfo(np.uint32).max else np.dtype(np.uint64)
-
-
-def apply_offset(local: np.ndarray, offset: int, dtype=np.uint32) -> np.ndarray:
-    """Shift local ids 1..n to ``offset+1 .. offset+n``, keeping background 0."""
-    dt = np.dtype(dtype)
-    out = local.astype(dt, copy=True)
-    if offset:
-        np.add(out, dt.type(offset), out=out, where=out > 0)
-    return out
 
 
 # --------------------------------------------------------------------------- tiles
