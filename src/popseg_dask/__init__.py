@@ -8,6 +8,8 @@ load_config, parse_config
     Read and validate a run configuration.
 run
     Segment every population of a movie and write globally numbered labels.
+segment_frame
+    Segment one frame as a run would (tiles and stitching included), in this process.
 PopsegError
     The error raised for user mistakes and unusable inputs.
 """
@@ -15,7 +17,7 @@ PopsegError
 from .config import RunConfig, load_config, parse_config
 from .errors import PopsegError
 from .io.movie import open_movie
-from .pipeline import run
+from .pipeline import run, segment_frame
 
-__all__ = ["open_movie", "load_config", "parse_config", "RunConfig", "run", "PopsegError"]
+__all__ = ["open_movie", "load_config", "parse_config", "RunConfig", "run", "segment_frame", "PopsegError"]
 __version__ = "0.1.0"
