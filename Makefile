@@ -16,6 +16,7 @@ demo: $(STAMP)
 	$(BIN)/popseg demo --out demo-output --overwrite
 
 test: $(STAMP)
+	$(BIN)/python -m ruff check --select F,E9 src tests benchmarks
 	$(BIN)/python -m pytest
 
 bench: $(STAMP)

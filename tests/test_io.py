@@ -142,6 +142,6 @@ def test_channel_count_mismatch(tmp_path):
 
 
 def test_unsupported_dtype(tmp_path):
-    z = zarr.create_array(store=str(tmp_path / "c.zarr"), shape=(4, 4), chunks=(4, 4), dtype="complex64")
+    zarr.create_array(store=str(tmp_path / "c.zarr"), shape=(4, 4), chunks=(4, 4), dtype="complex64")
     with pytest.raises(PopsegError, match="pixel type"):
         open_movie(tmp_path / "c.zarr")

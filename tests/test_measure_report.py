@@ -174,3 +174,9 @@ def test_measure_refuses_incomplete_or_foreign_output(tmp_path, capsys):
     zarr.open_group(str(tmp_path / "x.zarr"), mode="w")
     assert main(["measure", str(tmp_path / "x.zarr")]) == 2
     assert "not a popseg output" in capsys.readouterr().err
+
+
+def test_measure_refuses_to_overwrite_without_asking(tiled_run, capsys):
+    d, rec, res = tiled_run
+    assert main(["measure", str(d / "movie.popseg.zarr"), "--workers", "1", "--quiet"]) == 2
+    assert "--overwrite" in capsys.readouterr().err

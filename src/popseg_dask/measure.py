@@ -19,6 +19,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .errors import PopsegError
+
 __all__ = ["measure_frame", "contacts", "neighbours_within", "measure_output", "read_measurements", "SHAPE_COLUMNS"]
 
 _SHAPE = ("area", "bbox", "centroid", "perimeter", "eccentricity", "solidity", "axis_major_length",
