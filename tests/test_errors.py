@@ -91,3 +91,18 @@ def test_celldetective_json_is_accepted_as_is(demo_dir, capsys):
     cfg = {**DEMO_CONFIG, "populations": {"targets": {"segmenter": "threshold",
                                                        "threshold_config": "threshold_config_targets.json"}}}
     assert main(["run", _write(demo_dir, cfg), "--quiet", "--workers", "1"]) == 0
+
+
+def test_damaged_input_chunk_is_one_line_and_nothing_complete(demo_dir, capsys):
+    import zarr
+
+    chunk = demo_dir / "movie.ome.zarr" / "0" / "c" / "2" / "0" / "0" / "0"
+    assert chunk.exists()
+    chunk.write_bytes(b"not a zstd frame")
+    rc = main(["run", str(demo_dir / "run.yaml"), "--quiet", "--workers", "1"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("popseg: error: cannot read frame 2 of ") and err.count("\n") == 1, err
+    assert "Traceback" not in err
+    rec = dict(zarr.open_group(str(demo_dir / "movie.popseg.zarr"), mode="r").attrs)["popseg"]
+    assert rec["complete"] is False
+    assert not (demo_dir / "movie.popseg.zarr" / "labels").exists()

@@ -80,7 +80,9 @@ def open_client(
         processes=True,
         dashboard_address="127.0.0.1:0" if dashboard else None,
         host="127.0.0.1",
-        silence_logs=logging.ERROR,
+        # Task failures come back to the client (and the CLI says them in one line); the workers'
+        # own copies would print tracebacks over the progress bar. --debug shows them.
+        silence_logs=logging.WARNING if log.isEnabledFor(logging.DEBUG) else logging.CRITICAL,
     )
     client = Client(cluster)
     try:

@@ -255,7 +255,8 @@ def _run_with(client, plan: RunPlan, overwrite: bool, t0: float, progress: bool,
         start = len(tasks)
         annotate = dask.annotate(resources=seg.resources) if seg.resources else contextlib.nullcontext()
         for t in range(n_t):
-            src = dask.delayed(FrameSource(data[t]), pure=True, traverse=False)
+            src = dask.delayed(FrameSource(data[t], f"frame {t} of {movie.attrs['source']['path']}"),
+                               pure=True, traverse=False)
             stats = dask.delayed(_frame_stats_task, pure=True)(src, stats0, seg_d) if seg.needs_frame_stats else stats0
             if seg.needs_tile_stats and not tiles.untiled:  # a whole frame computes its own
                 parts = [dask.delayed(_tile_stats_task, pure=False)(src, stats, seg_d, tile, aux, t) for tile in tiles]

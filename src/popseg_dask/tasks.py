@@ -16,6 +16,7 @@ import dask
 import numpy as np
 from scipy import ndimage as ndi
 
+from .errors import PopsegError
 from .segmenters import Segmenter, TileGrid, WindowContext
 from .stitch import (cluster_boxes, clusters, compact_ids, group_boxes, number_from_provisional,
                      provisional_ids, resolved_clusters)
@@ -36,12 +37,24 @@ class FrameSource:
     per worker process and sliced, since a window read decodes whole chunks anyway.
     """
 
-    def __init__(self, frame):
+    def __init__(self, frame, label: str = "the frame"):
         (self.arr,) = dask.optimize(frame)
         self.shape = tuple(frame.shape)
         self.nbytes = int(np.prod(self.shape)) * frame.dtype.itemsize
+        self.label = label
 
     def read(self, window: tuple[int, int, int, int]) -> np.ndarray:
+        """Pixels ``(c, y0:y1, x0:x1)``; an unreadable input is a :class:`PopsegError`."""
+        try:
+            return self._read(window)
+        except (MemoryError, KeyboardInterrupt):
+            raise
+        except Exception as err:
+            # Damaged chunks, vanished files, codec errors: the input's fault, said in one line.
+            raise PopsegError(f"cannot read {self.label}: {type(err).__name__}: {err}; "
+                              "the input is damaged or unreadable (check or re-export it)") from err
+
+    def _read(self, window: tuple[int, int, int, int]) -> np.ndarray:
         y0, y1, x0, x1 = window
         if self.nbytes <= _FRAME_CACHE_BYTES:
             full = _FRAME_CACHE.get(self.arr.name)
