@@ -180,3 +180,31 @@ def test_measure_refuses_to_overwrite_without_asking(tiled_run, capsys):
     d, rec, res = tiled_run
     assert main(["measure", str(d / "movie.popseg.zarr"), "--workers", "1", "--quiet"]) == 2
     assert "--overwrite" in capsys.readouterr().err
+
+
+def _contacts_reference(a, b, same):
+    """Nine shifted comparisons of the whole frame: slow, obviously right."""
+    H, W = a.shape
+    pairs = set()
+    for dy in (-1, 0, 1):
+        for dx in (-1, 0, 1):
+            for y in range(H):
+                for x in range(W):
+                    yy, xx = y + dy, x + dx
+                    if 0 <= yy < H and 0 <= xx < W and a[y, x] and b[yy, xx] and not (same and a[y, x] == b[yy, xx]):
+                        pairs.add((int(a[y, x]), int(b[yy, xx])))
+    out = {}
+    for i, _ in pairs:
+        out[i] = out.get(i, 0) + 1
+    return out
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_contacts_match_a_brute_force_reference(seed):
+    from skimage.measure import label
+
+    rng = np.random.default_rng(seed)
+    a = label(rng.random((40, 50)) > 0.7)
+    b = label(rng.random((40, 50)) > 0.75)
+    assert contacts(a, b) == _contacts_reference(a, b, False)
+    assert contacts(a, a) == _contacts_reference(a, a, True)

@@ -83,27 +83,25 @@ def measure_frame(labels: np.ndarray, image: np.ndarray, channels: list[str], *,
 def contacts(a: np.ndarray, b: np.ndarray) -> dict[int, int]:
     """For each object of ``a``, how many objects of ``b`` it overlaps or touches (8-adjacency).
 
-    With ``b is a``, an object does not count itself.
+    With ``b is a``, an object does not count itself. Only pixels of ``a`` next to ``b`` are
+    visited (a separable 3x3 maximum finds them), not the whole frame nine times.
     """
+    from scipy import ndimage as ndi
+
     same = b is a
     a, b = np.asarray(a), np.asarray(b)
-    pairs = []
-    H, W = a.shape
-    for dy in (-1, 0, 1):
-        for dx in (-1, 0, 1):
-            ya = slice(max(0, dy), H + min(0, dy))
-            xa = slice(max(0, dx), W + min(0, dx))
-            yb = slice(max(0, -dy), H + min(0, -dy))
-            xb = slice(max(0, -dx), W + min(0, -dx))
-            sa, sb = a[ya, xa], b[yb, xb]
-            both = (sa > 0) & (sb > 0)
-            if both.any():
-                pairs.append(np.stack([sa[both], sb[both]]).astype(np.int64))
-    if not pairs:
+    near = ndi.maximum_filter((b > 0).view(np.uint8), size=3) > 0
+    ys, xs = np.nonzero((a > 0) & near)
+    if not len(ys):
         return {}
-    uniq = np.unique(np.concatenate(pairs, axis=1), axis=1)
+    padded = np.pad(b, 1)
+    pa = np.repeat(a[ys, xs].astype(np.int64), 9)
+    pb = np.stack([padded[ys + 1 + dy, xs + 1 + dx] for dy in (-1, 0, 1) for dx in (-1, 0, 1)], axis=1)
+    pb = pb.ravel().astype(np.int64)
+    keep = pb > 0
     if same:
-        uniq = uniq[:, uniq[0] != uniq[1]]
+        keep &= pb != pa
+    uniq = np.unique(np.stack([pa[keep], pb[keep]]), axis=1)
     ids, counts = np.unique(uniq[0], return_counts=True)
     return dict(zip(ids.tolist(), counts.tolist()))
 
