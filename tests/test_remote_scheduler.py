@@ -26,8 +26,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def loopback_cluster(tmp_path):
+def _start(tmp_path, worker_args):
     assert DASK.exists(), f"the dask command (from distributed) should be installed beside {sys.executable}"
     port = _free_port()
     addr = f"tcp://127.0.0.1:{port}"
@@ -36,9 +35,9 @@ def loopback_cluster(tmp_path):
                                "--dashboard-address", "127.0.0.1:0"], env=env,
                               stdout=subprocess.DEVNULL, stderr=open(tmp_path / "scheduler.log", "w"),
                               start_new_session=True)]
-    for i in range(2):
+    for i, extra in enumerate(worker_args):
         procs.append(subprocess.Popen([str(DASK), "worker", addr, "--host", "127.0.0.1", "--nthreads", "1",
-                                       "--name", f"w{i}"], env=env, stdout=subprocess.DEVNULL,
+                                       "--name", f"w{i}", *extra], env=env, stdout=subprocess.DEVNULL,
                                       stderr=open(tmp_path / f"worker{i}.log", "w"), start_new_session=True))
     from distributed import Client
 
@@ -46,14 +45,17 @@ def loopback_cluster(tmp_path):
     while True:
         try:
             with Client(addr, timeout=5) as c:
-                if len(c.scheduler_info()["workers"]) == 2:
+                if len(c.scheduler_info()["workers"]) == len(worker_args):
                     break
         except OSError:
             pass
         if time.time() > deadline:
             raise RuntimeError("loopback cluster did not start: " + (tmp_path / "scheduler.log").read_text()[-2000:])
         time.sleep(0.5)
-    yield addr
+    return addr, procs
+
+
+def _stop(procs):
     for p in procs:
         os.killpg(p.pid, signal.SIGTERM)
     for p in procs:
@@ -61,6 +63,13 @@ def loopback_cluster(tmp_path):
             p.wait(timeout=20)
         except subprocess.TimeoutExpired:
             os.killpg(p.pid, signal.SIGKILL)
+
+
+@pytest.fixture
+def loopback_cluster(tmp_path):
+    addr, procs = _start(tmp_path, [[], []])
+    yield addr
+    _stop(procs)
 
 
 def test_run_on_external_scheduler_matches_local(demo_dir, loopback_cluster, capsys):
@@ -74,3 +83,54 @@ def test_run_on_external_scheduler_matches_local(demo_dir, loopback_cluster, cap
     for p, arr in remote.items():
         local = zarr.open_array(str(demo_dir / "movie.popseg.zarr" / "labels" / p / "0"), mode="r")[...]
         assert np.array_equal(local, arr)
+
+
+GPU_PLUGIN = """
+from popseg_dask.segmenters.threshold import ThresholdSegmenter
+
+
+class GpuThreshold(ThresholdSegmenter):
+    name = "gpu-threshold"
+    resources = {"GPU": 1}
+"""
+
+
+def test_resources_reach_the_scheduler(demo_dir, tmp_path, monkeypatch):
+    """A segmenter's resources restrict its tasks to the workers that have them; the rest roam."""
+    import yaml
+    from distributed import Client, get_task_stream
+
+    from popseg_dask.config import load_config
+    from popseg_dask.pipeline import run
+
+    (tmp_path / "gpu_plugin.py").write_text(GPU_PLUGIN)
+    info = tmp_path / "gpu_plugin-0.0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: gpu-plugin\nVersion: 0.0.1\n")
+    (info / "entry_points.txt").write_text("[popseg_dask.segmenters]\ngpu-threshold = gpu_plugin:GpuThreshold\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]))
+    cfg = yaml.safe_load((demo_dir / "run.yaml").read_text())
+    cfg["populations"]["targets"] = {**cfg["populations"]["targets"], "segmenter": "gpu-threshold", "tile": [96, 96]}
+    (demo_dir / "gpu.yaml").write_text(yaml.safe_dump(cfg))
+    addr, procs = _start(tmp_path, [["--resources", "GPU=1"], []])
+    try:
+        with Client(addr) as client:
+            workers = client.scheduler_info()["workers"]
+            gpu = [w for w, i in workers.items() if i.get("resources", {}).get("GPU")]
+            assert len(gpu) == 1
+            with get_task_stream(client) as ts:
+                rec = run(load_config(demo_dir / "gpu.yaml"), client=client)
+        assert rec["complete"]
+        where = {}
+        for task in ts.data:
+            key = str(task["key"])
+            where.setdefault(key.split("-")[0] + "-" + key.split("-")[1], []).append(task["worker"])
+        # every segment task of the GPU population (4 frames x (4 tiles + 1 merge)) ran on the GPU worker;
+        # without the restriction reaching the scheduler, about half would land on the other worker
+        gpu_tasks = where["tile-targets"] + where["merge-targets"]
+        assert len(gpu_tasks) == 4 * (4 + 1) and set(gpu_tasks) == set(gpu)
+        # the CPU population's tasks were not restricted (they may run on either worker)
+        assert len(where["tile-effectors"]) == 4
+    finally:
+        _stop(procs)

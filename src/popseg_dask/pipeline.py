@@ -23,6 +23,7 @@ import contextlib
 import logging
 import platform
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -239,6 +240,7 @@ def _run_with(client, plan: RunPlan, overwrite: bool, t0: float, progress: bool,
 
     # Pass 1: frame statistics, tiles, merges — every frame of every population.
     t1 = time.perf_counter()
+    run_id = uuid.uuid4().hex[:8]
     tasks, spans = [], {}
     for job in plan.jobs:
         seg, tiles = job.segmenter, job.tiles
@@ -253,7 +255,8 @@ def _run_with(client, plan: RunPlan, overwrite: bool, t0: float, progress: bool,
             stats0 = dask.delayed(seg.movie_stats, pure=True)(refs)
         seg_d = dask.delayed(seg, pure=True, traverse=False)
         start = len(tasks)
-        annotate = dask.annotate(resources=seg.resources) if seg.resources else contextlib.nullcontext()
+        def annotate(res=seg.resources):  # a fresh context per use: they cannot be re-entered
+            return dask.annotate(resources=res) if res else contextlib.nullcontext()
         for t in range(n_t):
             src = dask.delayed(FrameSource(data[t], f"frame {t} of {movie.attrs['source']['path']}"),
                                pure=True, traverse=False)
@@ -261,11 +264,15 @@ def _run_with(client, plan: RunPlan, overwrite: bool, t0: float, progress: bool,
             if seg.needs_tile_stats and not tiles.untiled:  # a whole frame computes its own
                 parts = [dask.delayed(_tile_stats_task, pure=False)(src, stats, seg_d, tile, aux, t) for tile in tiles]
                 stats = dask.delayed(_reduce_stats_task, pure=True)(parts, stats, seg_d, grid)
-            with annotate:
-                results = [dask.delayed(_tile_task, pure=False)(src, stats, seg_d, tile, scratch, t, aux, tiles)
-                           for tile in tiles]
-                tasks.append(dask.delayed(_merge_task, pure=False)(src, stats, seg_d, results, scratch, t, tiles.tile,
-                                                                   aux))
+            with annotate():
+                # readable keys (dashboard, task stream); the run id keeps runs on one cluster apart
+                results = [dask.delayed(_tile_task, pure=False)(
+                    src, stats, seg_d, tile, scratch, t, aux, tiles,
+                    dask_key_name=f"tile-{job.name}-t{t}-{tile.index[0]}.{tile.index[1]}-{run_id}")
+                    for tile in tiles]
+                tasks.append(dask.delayed(_merge_task, pure=False)(
+                    src, stats, seg_d, results, scratch, t, tiles.tile, aux,
+                    dask_key_name=f"merge-{job.name}-t{t}-{run_id}"))
         spans[job.name] = (start, len(tasks))
     echo(f"segmenting {n_t} frames x {len(plan.jobs)} population(s) "
          f"({', '.join(f'{j.name}: {len(j.tiles)} tile(s)/frame' for j in plan.jobs)}) ...")
