@@ -65,7 +65,7 @@ def measure_frame(labels: np.ndarray, image: np.ndarray, channels: list[str], *,
     out = {
         "id": np.asarray(t["label"], np.uint64),
         "frame": np.full(n, frame, np.int32),
-        "population": pd.Categorical([population] * n),
+        "population": np.array([population] * n, dtype=object),
         "centroid_y_px": t["centroid-0"], "centroid_x_px": t["centroid-1"],
         "centroid_y_um": t["centroid-0"] * px, "centroid_x_um": t["centroid-1"] * px,
         "area_px": np.asarray(t["area"], np.int64), "area_um2": np.asarray(t["area"], float) * px * px,
@@ -118,16 +118,10 @@ def neighbours_within(ca: np.ndarray, cb: np.ndarray, radius: float, same: bool 
     return counts - 1 if same else counts
 
 
-def _measure_task(output: str, populations: list[str], record: dict, t: int, radius_um: float) -> pd.DataFrame:
-    import zarr
-
-    from .io.movie import open_run_input
-
-    movie = open_run_input(record)
-    image = np.asarray(movie.data[t].compute(scheduler="sync"))
-    names = [str(c) for c in movie.c.values]
-    px = movie.attrs["pixel_size_um"]
-    labels = {p: zarr.open_array(str(Path(output) / "labels" / p / "0"), mode="r")[t] for p in populations}
+def _frame_table(labels: dict[str, np.ndarray], image: np.ndarray, names: list[str], px: float | None,
+                 t: int, radius_um: float) -> pd.DataFrame:
+    """Every population's rows for one frame, neighbourhood columns included."""
+    populations = list(labels)
     tables = {p: measure_frame(labels[p], image, names, frame=t, population=p, pixel_size_um=px)
               for p in populations}
     radius_px = radius_um / px if px else radius_um
@@ -141,6 +135,17 @@ def _measure_task(output: str, populations: list[str], record: dict, t: int, rad
     return pd.concat(list(tables.values()), ignore_index=True) if tables else pd.DataFrame()
 
 
+def _measure_task(output: str, populations: list[str], record: dict, t: int, radius_um: float) -> pd.DataFrame:
+    import zarr
+
+    from .io.movie import open_run_input
+
+    movie = open_run_input(record)
+    image = np.asarray(movie.data[t].compute(scheduler="sync"))
+    labels = {p: zarr.open_array(str(Path(output) / "labels" / p / "0"), mode="r")[t] for p in populations}
+    return _frame_table(labels, image, [str(c) for c in movie.c.values], movie.attrs["pixel_size_um"], t, radius_um)
+
+
 def measure_output(output: Path | str, *, client=None, radius_um: float = 20.0, overwrite: bool = False,
                    progress: bool = False) -> dict[str, Any]:
     """Measure every object of a finished run; write ``<output>/measurements.parquet``.
@@ -152,6 +157,7 @@ def measure_output(output: Path | str, *, client=None, radius_um: float = 20.0, 
     import dask.dataframe as dd
 
     from .io.labels import read_run_record
+    from .io.movie import open_run_input
 
     output = Path(output)
     rec = read_run_record(output)
@@ -161,7 +167,11 @@ def measure_output(output: Path | str, *, client=None, radius_um: float = 20.0, 
     populations = list(rec["populations"])
     n_t = len(next(iter(rec["populations"].values()))["objects_per_frame"])
     t0 = time.perf_counter()
-    meta = _measure_task(str(output), populations, rec, 0, radius_um).iloc[:0]
+    # The table's columns, from an empty frame: no pixel is read on the client.
+    movie = open_run_input(rec)
+    empty = {p: np.zeros((1, 1), np.uint32) for p in populations}
+    meta = _frame_table(empty, np.zeros((movie.sizes["c"], 1, 1), movie.dtype), [str(c) for c in movie.c.values],
+                        movie.attrs["pixel_size_um"], 0, radius_um)
     parts = [dask.delayed(_measure_task)(str(output), populations, rec, t, radius_um) for t in range(n_t)]
     ddf = dd.from_delayed(parts, meta=meta, verify_meta=False)
     if dest.exists():

@@ -175,10 +175,9 @@ def _tile_task(source: FrameSource, stats: Any, segmenter: Segmenter, tile: Tile
     outside[cy, cx] = False
     wanted = np.zeros(len(ok), bool)
     margin = max(segmenter.halo, 1) + 1
-    for c in _present(cl[outside], len(ok)):
-        if not ok[c]:
-            continue
-        b = cluster_boxes(cl, [c])[0]
+    reaching = _present(cl[outside], len(ok))
+    reaching = reaching[ok[reaching]]
+    for c, b in zip(reaching, cluster_boxes(cl, reaching)):  # one find_objects pass for all
         gbox = (b[0] + oy, b[1] + oy, b[2] + ox, b[3] + ox)
         if plan is None or not _resolvable_by_others(gbox, tile, plan, margin):
             wanted[c] = True
@@ -332,11 +331,9 @@ def segment_frame(segmenter: Segmenter, frame: np.ndarray, tile=None, halo: int 
 
 
 def _number_task(scratch: str, final: str, t: int, window, anchors: np.ndarray, offset: int, dtype: str) -> int:
-    import zarr
-
     y0, y1, x0, x1 = window
-    prov = zarr.open_array(scratch, mode="r")[t, y0:y1, x0:x1]
-    zarr.open_array(final, mode="r+")[t, y0:y1, x0:x1] = number_from_provisional(prov, anchors, offset, np.dtype(dtype))
+    prov = _open_array(scratch, "r")[t, y0:y1, x0:x1]
+    _open_array(final, "r+")[t, y0:y1, x0:x1] = number_from_provisional(prov, anchors, offset, np.dtype(dtype))
     return t
 
 
