@@ -10,10 +10,17 @@ several sizes on 2 workers: wall time relative to untiled, the share of task tim
 stitching (merge tasks), peak memory per worker (a fresh cluster per variant), and a check that
 every tiled output is bitwise equal to the untiled one.
 
+``models``: StarDist and Cellpose models (trained here by ``popseg train`` on a synthetic movie,
+cached in ``benchmarks/.models``) run (a) by a bare loop over frames in one process — the
+framework's own call on each normalised frame, the least any tool must do — with the same
+number of threads as (b) ``popseg run`` with 1 and 2 workers. Printed as frames/s and the ratio
+popseg / bare loop (goal: >= 0.9). Model loading is excluded on both sides (warm-up run).
+
 Usage::
 
     python benchmarks/run.py core [--frames 24] [--size 1024] [--repeats 3]
     python benchmarks/run.py tiles [--frames 50] [--size 2048] [--tiles 256 512 1024] [--repeats 1]
+    python benchmarks/run.py models [--frames 16] [--size 512] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -214,6 +221,154 @@ def _print_tiles(res: dict) -> None:
               f"{row['merged_regions']:7d} {str(row.get('equal_to_untiled', '-')):>10s}")
 
 
+MODELS_DIR = Path(__file__).parent / ".models"
+
+
+def _trained_models(python: str) -> dict[str, Path]:
+    """A tiny StarDist and a Cellpose model trained by ``popseg train`` (once; kept in .models)."""
+    import subprocess
+
+    from popseg_dask.io.images import write_ome_zarr_image
+    from popseg_dask.synthetic import DEMO_CONFIG, make_movie
+
+    want = {"stardist": MODELS_DIR / "sd", "cellpose": MODELS_DIR / "cp"}
+    if all(p.exists() for p in want.values()):
+        return want
+    MODELS_DIR.mkdir(exist_ok=True)
+    m = make_movie(n_frames=8, size=256, n_targets=30, n_effectors=8, seed=0)
+    src = MODELS_DIR / "train-movie.ome.zarr"
+    shutil.rmtree(src, ignore_errors=True)
+    write_ome_zarr_image(src, m.image, m.channels, pixel_size_um=m.pixel_size_um)
+    (MODELS_DIR / "threshold.yaml").write_text(yaml.safe_dump({**DEMO_CONFIG, "input": src.name,
+                                                               "output": "threshold.zarr"}))
+    popseg = [python, "-m", "popseg_dask.cli"]
+    run = lambda *a: subprocess.run([*popseg, *a], check=True, cwd=MODELS_DIR)  # noqa: E731
+    run("run", "threshold.yaml", "--quiet", "--overwrite")
+    for pop, kind, extra in (("targets", "stardist", ["--size", "tiny", "--epochs", "20", "--steps", "20"]),
+                             ("effectors", "cellpose", ["--epochs", "100", "--patch", "128"])):
+        run("export-training", "threshold.zarr", "--population", pop, "--out", f"ds-{pop}", "--overwrite")
+        run("train", kind, f"ds-{pop}", "--out", str(want[kind]), "--overwrite", *extra)
+    return want
+
+
+_BARE = r"""
+import json, sys, time
+import numpy as np, zarr
+from popseg_dask.normalize import ChannelScaling, apply_scaling, scaling_from_pixels
+from popseg_dask.stitch import canonical_relabel
+kind, model_dir, movie, channel, out = sys.argv[1:6]
+arr = zarr.open_array(movie + "/0", mode="r")
+s = [ChannelScaling()]
+if kind == "stardist":
+    from stardist.models import StarDist2D
+    from pathlib import Path
+    p = Path(model_dir)
+    model = StarDist2D(None, name=p.name, basedir=str(p.parent))
+    def seg(x):
+        return model.predict_instances(x[0][..., None], axes="YXC", normalizer=None, verbose=False,
+                                       show_tile_progress=False)[0]
+else:
+    from cellpose import models
+    cfg = json.load(open(model_dir + "/config_input.json"))
+    model = models.CellposeModel(gpu=False, pretrained_model=model_dir + "/" + model_dir.rstrip("/").split("/")[-1])
+    def seg(x):
+        return model.eval(x[0], channels=None, normalize=False, diameter=cfg["diameter"])[0]
+def loop():
+    dst = zarr.create_array(store=out, shape=(arr.shape[0], *arr.shape[2:]), chunks=(1, *arr.shape[2:]),
+                            dtype=np.uint32, overwrite=True)
+    offset = 0
+    for t in range(arr.shape[0]):
+        x = arr[t, int(channel)][None].astype(np.float32)
+        lab, n = canonical_relabel(seg(apply_scaling(x, scaling_from_pixels(x, s), s)))
+        lab[lab > 0] += offset
+        dst[t] = lab
+        offset += n
+seg(np.zeros((1, 64, 64), np.float32))  # warm-up: graph building, first allocations
+t0 = time.perf_counter()
+loop()
+print(json.dumps({"seconds": time.perf_counter() - t0}))
+"""
+
+
+def _bare_loop(python: str, kind: str, model: Path, movie: Path, channel: int, out: Path, threads: int) -> float:
+    import subprocess
+
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
+           "TF_NUM_INTRAOP_THREADS": str(threads), "TF_NUM_INTEROP_THREADS": "1",
+           "TF_CPP_MIN_LOG_LEVEL": "2", "TF_ENABLE_ONEDNN_OPTS": "0"}
+    prefix = f"import torch; torch.set_num_threads({threads})\n" if kind == "cellpose" else ""
+    code = prefix + _BARE
+    res = subprocess.run([python, "-c", code, kind, str(model), str(movie), str(channel), str(out)],
+                         capture_output=True, text=True, env=env, check=True)
+    return json.loads(res.stdout.strip().splitlines()[-1])["seconds"]
+
+
+def bench_models(frames: int, size: int, repeats: int) -> dict:
+    from distributed import Client, LocalCluster
+
+    from popseg_dask.io.images import write_ome_zarr_image
+    from popseg_dask.metrics import f1_score
+    from popseg_dask.synthetic import make_movie
+
+    python = sys.executable
+    models = _trained_models(python)
+    density = size * size / (256 * 256)
+    out: dict = {"benchmark": "models", "movie": {"frames": frames, "size": size}, "repeats": repeats, "kinds": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        m = make_movie(n_frames=frames, size=size, n_targets=int(30 * density), n_effectors=int(8 * density), seed=5)
+        write_ome_zarr_image(tmp / "movie.ome.zarr", m.image, m.channels, pixel_size_um=m.pixel_size_um)
+        clients = {n: Client(LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
+                                          dashboard_address=None)) for n in (1, 2)}
+        try:
+            for kind, channel, truth in (("stardist", 0, "targets"), ("cellpose", 1, "effectors")):
+                cfg = {"input": "movie.ome.zarr", "output": f"{kind}.zarr",
+                       "populations": {kind: {"segmenter": kind, "model": str(models[kind]), "tile": "none"}}}
+                (tmp / f"{kind}.yaml").write_text(yaml.safe_dump(cfg))
+                for c in clients.values():
+                    _popseg(tmp / f"{kind}.yaml", c)  # warm-up: each worker loads the model once
+                times: dict[str, list[float]] = {k: [] for k in ("bare loop, 1 thread", "popseg 1 worker",
+                                                                 "bare loop, 2 threads", "popseg 2 workers")}
+                for _ in range(repeats):
+                    times["bare loop, 1 thread"].append(
+                        _bare_loop(python, kind, models[kind], tmp / "movie.ome.zarr", channel, tmp / "bare", 1))
+                    times["popseg 1 worker"].append(_popseg(tmp / f"{kind}.yaml", clients[1])[0])
+                    times["bare loop, 2 threads"].append(
+                        _bare_loop(python, kind, models[kind], tmp / "movie.ome.zarr", channel, tmp / "bare", 2))
+                    times["popseg 2 workers"].append(_popseg(tmp / f"{kind}.yaml", clients[2])[0])
+                med = {k: statistics.median(v) for k, v in times.items()}
+                ours = zarr.open_array(str(tmp / f"{kind}.zarr" / "labels" / kind / "0"), mode="r")[...]
+                bare = zarr.open_array(str(tmp / "bare"), mode="r")[...]
+                out["kinds"][kind] = {
+                    "seconds": times, "median_s": med,
+                    "frames_per_s": {k: frames / v for k, v in med.items()},
+                    "ratios": {"popseg 1 worker / bare loop 1 thread (throughput)":
+                               med["bare loop, 1 thread"] / med["popseg 1 worker"],
+                               "popseg 2 workers / bare loop 2 threads (throughput)":
+                               med["bare loop, 2 threads"] / med["popseg 2 workers"]},
+                    "f1_vs_truth": {"popseg": float(np.mean([f1_score(ours[t], m.truth[truth][t])
+                                                             for t in range(frames)])),
+                                    "bare loop": float(np.mean([f1_score(bare[t], m.truth[truth][t])
+                                                                for t in range(frames)]))},
+                }
+        finally:
+            for c in clients.values():
+                cluster = c.cluster
+                c.close()
+                cluster.close()
+    return out
+
+
+def _print_models(res: dict) -> None:
+    mv = res["movie"]
+    print(f"models: {mv['frames']} frames of {mv['size']}x{mv['size']}, untiled; median of {res['repeats']}")
+    for kind, r in res["kinds"].items():
+        print(f"  {kind}: " + ", ".join(f"{k} {v:.2f} frames/s" for k, v in r["frames_per_s"].items()))
+        for k, v in r["ratios"].items():
+            print(f"    {k:52s} {v:5.2f}")
+        print(f"    F1 vs truth: popseg {r['f1_vs_truth']['popseg']:.3f}, bare loop {r['f1_vs_truth']['bare loop']:.3f}")
+
+
 def _machine() -> dict:
     import dask
 
@@ -223,7 +378,7 @@ def _machine() -> dict:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("names", nargs="*", help="benchmarks to run: core, tiles (default: core)")
+    p.add_argument("names", nargs="*", help="benchmarks to run: core, tiles, models (default: core)")
     p.add_argument("--frames", type=int)
     p.add_argument("--size", type=int)
     p.add_argument("--repeats", type=int)
@@ -231,10 +386,19 @@ def main(argv=None) -> int:
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results", help="folder for the JSON")
     a = p.parse_args(argv)
     names = a.names or ["core"]
-    unknown = set(names) - {"core", "tiles"}
+    unknown = set(names) - {"core", "tiles", "models"}
     if unknown:
-        p.error(f"unknown benchmark(s) {sorted(unknown)}; available: core, tiles")
+        p.error(f"unknown benchmark(s) {sorted(unknown)}; available: core, tiles, models")
     a.out.mkdir(parents=True, exist_ok=True)
+    if "models" in names:
+        res = bench_models(a.frames or 16, a.size or 512, a.repeats or 3)
+        res["machine"] = _machine()
+        _print_models(res)
+        (a.out / "models.json").write_text(json.dumps(res, indent=2))
+        print(f"written {a.out / 'models.json'}")
+        names = [n for n in names if n != "models"]
+        if not names:
+            return 0
     if "tiles" in names:
         res = bench_tiles(a.frames or 50, a.size or 2048, a.tiles, a.repeats or 1)
         res["machine"] = _machine()

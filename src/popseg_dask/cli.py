@@ -24,7 +24,8 @@ def _cmd_run(args) -> int:
 
     config = load_config(args.config)
     record = run(
-        config, scheduler=args.scheduler, n_workers=args.workers, in_place=args.in_place,
+        config, scheduler=args.scheduler, cluster=args.cluster, security=_security(args), n_workers=args.workers,
+        gpu_workers=args.gpu_workers, in_place=args.in_place,
         overwrite=args.overwrite, progress=not args.quiet, echo=print,
     )
     _print_summary(record, args.config)
@@ -38,11 +39,19 @@ def _cmd_run(args) -> int:
     return 0
 
 
+def _security(args):
+    from .cluster import make_security
+
+    return make_security(getattr(args, "tls_ca_file", None), getattr(args, "tls_cert", None),
+                         getattr(args, "tls_key", None))
+
+
 def _measure(output: Path, args, overwrite: bool) -> None:
     from .cluster import open_client
     from .measure import measure_output
 
-    with open_client(getattr(args, "scheduler", None), n_workers=getattr(args, "workers", None)) as client:
+    with open_client(getattr(args, "scheduler", None), cluster=getattr(args, "cluster", None),
+                     n_workers=getattr(args, "workers", None), gpu_workers=0, security=_security(args)) as client:
         res = measure_output(output, client=client, radius_um=args.radius_um, overwrite=overwrite,
                              progress=not getattr(args, "quiet", False))
     rows = ", ".join(f"{k}: {v}" for k, v in res["rows"].items())
@@ -86,6 +95,34 @@ def _cmd_view(args) -> int:
     from .view import view
 
     view(args.output)
+    return 0
+
+
+def _cmd_export_training(args) -> int:
+    from .train import export_training
+
+    if args.output is None and args.labels is None:
+        raise PopsegError("give a popseg output (and --population), or --labels with --movie and --channels")
+    if args.output is not None and not args.population:
+        raise PopsegError("--population is required with a popseg output")
+    meta = export_training(args.output, args.population, args.out, frames=args.frames, tiles=args.tiles,
+                           labels=args.labels, movie=args.movie,
+                           channels=args.channels.split(",") if args.channels else None, overwrite=args.overwrite)
+    n_obj = sum(i["objects"] for i in meta["items"])
+    print(f"training set: {args.out} ({len(meta['items'])} tiles, {n_obj} objects, channels {meta['channels']})")
+    return 0
+
+
+def _cmd_train(args) -> int:
+    from .train import train_model
+
+    res = train_model(args.kind, args.dataset, args.out, base=args.base, epochs=args.epochs, steps=args.steps,
+                      size=args.size, patch=args.patch, val_fraction=args.val_fraction, seed=args.seed, overwrite=args.overwrite,
+                      echo=print)
+    print(f"model: {res['model']} ({res['kind']}, trained in {res['train_s']:.0f} s on {res['train_tiles']} tiles)")
+    print(f"validation F1: {res['validation_f1']:.3f} at IoU 0.5, {res['validation_f1_09']:.3f} at IoU 0.9 "
+          f"({res['validation_tiles']} tiles)")
+    print(f"use it in a population as:  segmenter: {res['kind']}, model: {res['model']}")
     return 0
 
 
@@ -165,6 +202,17 @@ def _cmd_inspect(args) -> int:
     return 0
 
 
+def _cluster_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--cluster", metavar="WHERE",
+                   help="local (default), slurm (dask-jobqueue; --workers = jobs), slurm-runner (inside sbatch), "
+                        "or a scheduler address")
+    p.add_argument("--scheduler", metavar="ADDRESS", help="use a running Dask scheduler (tcp://host:8786, tls://...)")
+    p.add_argument("--workers", type=int, help="workers of the embedded LocalCluster (default: one per core)")
+    p.add_argument("--tls-ca-file", metavar="PEM", help="CA certificate, for a tls:// scheduler")
+    p.add_argument("--tls-cert", metavar="PEM", help="this client's certificate, for a tls:// scheduler")
+    p.add_argument("--tls-key", metavar="PEM", help="this client's private key, for a tls:// scheduler")
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="popseg", description="Population-specific segmentation of microscopy movies on Dask.")
     p.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
@@ -172,8 +220,9 @@ def _parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("run", help="segment every population of a movie")
     r.add_argument("config", help="YAML configuration")
-    r.add_argument("--scheduler", metavar="ADDRESS", help="use a running Dask scheduler (tcp://host:8786)")
-    r.add_argument("--workers", type=int, help="workers of the embedded LocalCluster (default: one per core)")
+    _cluster_args(r)
+    r.add_argument("--gpu-workers", type=int, metavar="N",
+                   help="embedded workers with one GPU each (default: one per GPU found; 0: none)")
     r.add_argument("--in-place", action="store_true", help="write labels inside the input OME-Zarr")
     r.add_argument("--overwrite", action="store_true", help="replace existing output")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -185,8 +234,7 @@ def _parser() -> argparse.ArgumentParser:
     m = sub.add_parser("measure", help="per-object measurements of a run, as Parquet")
     m.add_argument("output", help="the output store of a run")
     m.add_argument("--radius-um", type=float, default=20.0, help="neighbourhood radius (µm; px without pixel size)")
-    m.add_argument("--scheduler", metavar="ADDRESS")
-    m.add_argument("--workers", type=int)
+    _cluster_args(m)
     m.add_argument("--overwrite", action="store_true")
     m.add_argument("--quiet", action="store_true")
     m.set_defaults(func=_cmd_measure)
@@ -214,6 +262,33 @@ def _parser() -> argparse.ArgumentParser:
     v = sub.add_parser("view", help="open the movie and labels in napari")
     v.add_argument("output")
     v.set_defaults(func=_cmd_view)
+
+    x = sub.add_parser("export-training", help="paired image/mask tiles from labels, for training a model")
+    x.add_argument("output", nargs="?", help="the output store of a run (or use --labels/--movie/--channels)")
+    x.add_argument("--population", help="whose labels and channels to export")
+    x.add_argument("--out", required=True, help="dataset folder to create")
+    x.add_argument("--frames", help="start:stop:step or a comma list (default: all)")
+    x.add_argument("--tiles", type=int, default=1, help="cut each frame into N x N tiles")
+    x.add_argument("--labels", help="corrected labels (TIFF or Zarr) instead of the run's")
+    x.add_argument("--movie", help="the movie, without a popseg output")
+    x.add_argument("--channels", help="comma-separated channels to export")
+    x.add_argument("--overwrite", action="store_true")
+    x.set_defaults(func=_cmd_export_training)
+
+    tr = sub.add_parser("train", help="train a StarDist or Cellpose model on an exported training set")
+    tr.add_argument("kind", choices=["stardist", "cellpose"])
+    tr.add_argument("dataset", help="folder written by export-training")
+    tr.add_argument("--out", required=True, help="model folder to create")
+    tr.add_argument("--from", dest="base", help="model folder to fine-tune (default: from scratch)")
+    tr.add_argument("--epochs", type=int)
+    tr.add_argument("--steps", type=int, help="steps per epoch (StarDist)")
+    tr.add_argument("--size", default="small", choices=["tiny", "small", "default"],
+                    help="network size from scratch (tiny: seconds on a CPU)")
+    tr.add_argument("--patch", type=int, help="side of the training crops (default: 256 StarDist, 224 Cellpose)")
+    tr.add_argument("--val-fraction", type=float, default=0.2)
+    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--overwrite", action="store_true")
+    tr.set_defaults(func=_cmd_train)
 
     d = sub.add_parser("demo", help="segment a synthetic two-population movie and score it")
     d.add_argument("--out", default="demo-output", help="folder for the movie, config and labels")

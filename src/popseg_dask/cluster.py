@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 from .errors import PopsegError
 
-__all__ = ["open_client", "default_workers"]
+__all__ = ["open_client", "default_workers", "detect_gpus"]
 
 log = logging.getLogger(__name__)
 
@@ -27,14 +27,78 @@ def default_workers() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def detect_gpus() -> list[str]:
+    """GPU ids this process may use: ``CUDA_VISIBLE_DEVICES`` if set, else what ``nvidia-smi -L`` lists."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return [v.strip() for v in visible.split(",") if v.strip() and v.strip() != "-1"]
+    import shutil
+    import subprocess
+
+    if not shutil.which("nvidia-smi"):
+        return []
+    try:
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [str(i) for i, _ in enumerate(x for x in out.splitlines() if x.startswith("GPU "))]
+
+
+def make_security(ca_file: str | None = None, cert: str | None = None, key: str | None = None):
+    """A ``distributed.security.Security`` for TLS from certificate files (None: dask config's).
+
+    Raises
+    ------
+    PopsegError
+        If only some of the files are given, or one does not exist.
+    """
+    given = {"--tls-ca-file": ca_file, "--tls-cert": cert, "--tls-key": key}
+    if not any(given.values()):
+        return None
+    missing = [k for k, v in given.items() if not v]
+    if missing:
+        raise PopsegError(f"TLS needs all three of --tls-ca-file, --tls-cert and --tls-key; missing {missing}")
+    for flag, path in given.items():
+        if not os.path.isfile(path):
+            raise PopsegError(f"{flag} {path}: no such file")
+    from distributed.security import Security
+
+    return Security(tls_ca_file=ca_file, tls_client_cert=cert, tls_client_key=key, require_encryption=True)
+
+
+def _connect(address: str, timeout: float, security):
+    from distributed import Client
+
+    if address.startswith("tls://") and security is None:
+        import dask.config
+
+        if not dask.config.get("distributed.comm.tls.ca-file", None):
+            raise PopsegError(f"{address} is a TLS scheduler: give --tls-ca-file, --tls-cert and --tls-key "
+                              "(or set distributed.comm.tls in your dask config)")
+    try:
+        return Client(address, timeout=timeout, security=security)
+    except (OSError, TimeoutError) as err:
+        hint = ("; check the certificates (the scheduler's CA must have signed yours)"
+                if address.startswith("tls://") else "")
+        raise PopsegError(
+            f"cannot reach the Dask scheduler at {address} ({type(err).__name__}){hint}; "
+            "check the address and that the scheduler is running, or omit --scheduler to run locally"
+        ) from None
+    except ValueError as err:  # an address distributed cannot parse
+        raise PopsegError(f"bad scheduler address {address!r}: {err}") from None
+
+
 @contextlib.contextmanager
 def open_client(
     scheduler: str | None = None,
     *,
+    cluster: str | None = None,
     n_workers: int | None = None,
     threads_per_worker: int = 1,
     dashboard: bool = True,
     timeout: float = 10.0,
+    gpu_workers: int | None = None,
+    security=None,
 ) -> Iterator["distributed.Client"]:  # noqa: F821
     """Yield a connected ``distributed.Client``, closing what it started.
 
@@ -43,29 +107,50 @@ def open_client(
     scheduler : str, optional
         Address of a running scheduler (``tcp://host:8786``, ``tls://...``). Without it an
         embedded ``LocalCluster`` is started and shut down on exit.
+    cluster : str, optional
+        ``local`` (the default), ``slurm`` (a dask-jobqueue ``SLURMCluster`` configured by the
+        dask config's ``jobqueue.slurm``, ``n_workers`` jobs), ``slurm-runner`` (inside an
+        ``sbatch`` allocation: rank 0 scheduler, rank 1 this client, the rest workers; the
+        other ranks never return from here), or a scheduler address.
     n_workers : int, optional
-        Workers of the embedded cluster (default: one per core). Ignored with ``scheduler``.
+        Workers of the embedded cluster (default: one per core), or SLURM jobs.
     threads_per_worker : int
         Threads per embedded worker.
     dashboard : bool
         Serve the dashboard of an embedded cluster (on a free local port).
     timeout : float
         Seconds to wait for a remote scheduler before giving up.
+    gpu_workers : int, optional
+        Extra embedded workers that each own one GPU: resource ``GPU=1`` and
+        ``CUDA_VISIBLE_DEVICES`` pinned to their device, so GPU tasks go there and two workers
+        never share a card by accident. Default: one per GPU found (:func:`detect_gpus`). The
+        other workers see no GPU, so no framework on them reserves GPU memory.
+    security : distributed.security.Security, optional
+        TLS credentials for a ``tls://`` scheduler (see :func:`make_security`).
     """
     from distributed import Client, LocalCluster
 
+    if cluster and cluster not in ("local", "slurm", "slurm-runner"):
+        if "://" not in cluster:
+            raise PopsegError(f"--cluster {cluster!r}: use local, slurm, slurm-runner or a scheduler address "
+                              "(tcp://host:8786, tls://host:8786)")
+        if scheduler and scheduler != cluster:
+            raise PopsegError("give the scheduler address once (--cluster or --scheduler)")
+        scheduler = cluster
     if scheduler:
-        try:
-            client = Client(scheduler, timeout=timeout)
-        except (OSError, TimeoutError) as err:
-            raise PopsegError(
-                f"cannot reach the Dask scheduler at {scheduler} ({type(err).__name__}); "
-                "check the address and that the scheduler is running, or omit --scheduler to run locally"
-            ) from None
+        client = _connect(scheduler, timeout, security)
         try:
             yield client
         finally:
             client.close()
+        return
+    if cluster == "slurm":
+        with _slurm_cluster(n_workers) as client:
+            yield client
+        return
+    if cluster == "slurm-runner":
+        with _slurm_runner() as client:
+            yield client
         return
     # The scheduler of an embedded cluster lives in this process: keep its INFO chatter
     # out of the user's terminal (warnings and errors still show).
@@ -74,8 +159,15 @@ def open_client(
     n = n_workers or default_workers()
     if n < 1:
         raise PopsegError(f"--workers must be at least 1, got {n}")
+    gpus = detect_gpus()
+    n_gpu = len(gpus) if gpu_workers is None else int(gpu_workers)
+    if n_gpu < 0:
+        raise PopsegError(f"--gpu-workers must be >= 0, got {n_gpu}")
+    # without real devices (a CPU test of the placement), GPU workers are numbered 0, 1, ...
+    ids = (gpus + [str(i) for i in range(len(gpus), n_gpu)])[:n_gpu]
     cluster = LocalCluster(
         n_workers=n,
+        env={"CUDA_VISIBLE_DEVICES": ""} if n_gpu or gpus else {},
         threads_per_worker=threads_per_worker,
         processes=True,
         dashboard_address="127.0.0.1:0" if dashboard else None,
@@ -84,9 +176,63 @@ def open_client(
         # own copies would print tracebacks over the progress bar. --debug shows them.
         silence_logs=logging.WARNING if log.isEnabledFor(logging.DEBUG) else logging.CRITICAL,
     )
+    if n_gpu:
+        from distributed import Nanny
+
+        base = dict(cluster.new_spec["options"])
+        for i, dev in enumerate(ids):
+            opts = {**base, "resources": {"GPU": 1}, "env": {**(base.get("env") or {}), "CUDA_VISIBLE_DEVICES": dev}}
+            cluster.worker_spec[f"gpu-{i}"] = {"cls": Nanny, "options": opts}
+        cluster.sync(cluster._correct_state)
     client = Client(cluster)
+    if n_gpu:
+        client.wait_for_workers(n + n_gpu, timeout=120)
     try:
         yield client
     finally:
         client.close()
         cluster.close()
+
+
+@contextlib.contextmanager
+def _slurm_cluster(jobs: int | None):
+    from distributed import Client
+
+    try:
+        from dask_jobqueue import SLURMCluster
+    except ImportError:
+        raise PopsegError("--cluster slurm needs dask-jobqueue: pip install 'popseg-dask[slurm]'") from None
+    import dask.config
+
+    if not dask.config.get("jobqueue.slurm.cores", None):
+        raise PopsegError("--cluster slurm: no jobqueue.slurm settings in your dask config; copy "
+                          "deploy/slurm/jobqueue.yaml to ~/.config/dask/ and edit it")
+    cluster = SLURMCluster()
+    cluster.scale(jobs=jobs or 1)
+    client = Client(cluster)
+    try:
+        log.warning("waiting for the first SLURM worker (jobs queued: %d)", jobs or 1)
+        client.wait_for_workers(1)
+        yield client
+    finally:
+        client.close()
+        cluster.close()
+
+
+@contextlib.contextmanager
+def _slurm_runner():
+    from distributed import Client
+
+    try:
+        from dask_jobqueue.slurm import SLURMRunner
+    except ImportError:
+        raise PopsegError("--cluster slurm-runner needs dask-jobqueue: pip install 'popseg-dask[slurm]'") from None
+    # every rank builds its runner; a worker rank that sees a GPU offers it as a resource
+    gpu = {"resources": {"GPU": 1}, "nthreads": 1} if detect_gpus() else {"nthreads": 1}
+    folder = os.environ.get("POPSEG_SLURM_DIR", ".popseg-slurm")
+    os.makedirs(folder, exist_ok=True)
+    with SLURMRunner(scheduler_file=os.path.join(folder, "scheduler-{job_id}.json"),
+                     worker_options=gpu) as runner:
+        with Client(runner) as client:
+            client.wait_for_workers(max(1, getattr(runner, "n_workers", 1)))
+            yield client

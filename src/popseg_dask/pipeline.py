@@ -104,7 +104,7 @@ def plan_run(config: RunConfig, *, in_place: bool = False) -> RunPlan:
     names = [str(c) for c in movie.c.values]
     jobs = []
     for pop, spec in config.populations.items():
-        seg = build_segmenter(pop, spec, names, base_dir=config.base_dir)
+        seg = build_segmenter(pop, spec, names, base_dir=config.base_dir, pixel_size_um=movie.attrs["pixel_size_um"])
         for t in seg.reference_frames():
             if not 0 <= t < movie.sizes["t"]:
                 raise PopsegError(
@@ -134,7 +134,9 @@ def _tile_plan(pop: str, spec, seg: Segmenter, frame_shape: tuple[int, int]) -> 
     # The window padding: the segmenter's exactness margin plus room for a whole object, so an
     # object cut by a core edge is seen whole (and resolved) by the tile that holds its anchor.
     halo = seg.halo + seg.object_size if spec.halo is None else spec.halo
-    if spec.halo is not None and spec.halo < seg.halo:
+    if spec.halo is not None and hasattr(seg, "with_context"):
+        seg.with_context(spec.halo)  # a network's margin is an estimate: the user's halo replaces it
+    elif spec.halo is not None and spec.halo < seg.halo:
         log.warning("population %s: halo %d is below the segmenter's margin %d; more objects will be "
                     "re-segmented in merged regions (results stay exact)", pop, spec.halo, seg.halo)
     tile = spec.tile
@@ -142,10 +144,38 @@ def _tile_plan(pop: str, spec, seg: Segmenter, frame_shape: tuple[int, int]) -> 
         log.warning("population %s: frames are segmented whole: %s", pop, seg.whole_frame_reason)
         tile = "none"
     return plan_tiles(frame_shape, tile, halo, memory_bytes=spec.tile_memory_mb * 2**20,
-                      clamp_halo=spec.halo is None)
+                      clamp_halo=spec.halo is None, align=getattr(seg, "align", 1))
 
 
 # --------------------------------------------------------------------------- run
+
+def gpu_workers(client) -> list[str]:
+    """Addresses of the cluster's workers that offer a ``GPU`` resource."""
+    workers = client.scheduler_info().get("workers", {})
+    return sorted(a for a, w in workers.items() if (w.get("resources") or {}).get("GPU", 0) >= 1)
+
+
+def _place_populations(client, plan: RunPlan, echo: Callable[[str], None]) -> None:
+    """Resolve each population's ``device`` against the cluster, before anything is written.
+
+    ``gpu``: its segment tasks ask for ``resources={"GPU": 1}``, so only GPU workers run them
+    (statistics, IO and numbering go anywhere); with no GPU worker that would wait forever, so
+    it is an error now. ``auto``: GPU when the segmenter can use one and the cluster has one.
+    """
+    gpus = gpu_workers(client)
+    for job in plan.jobs:
+        device = plan.config.populations[job.name].device
+        can_gpu = "gpu" in getattr(job.segmenter, "devices", ("cpu",))
+        if device == "gpu" and not gpus:
+            raise PopsegError(
+                f"population '{job.name}' asks for device: gpu but no worker of the cluster offers a GPU "
+                "resource; start GPU workers with 'dask worker ... --resources GPU=1' (or set device: cpu)")
+        chosen = "gpu" if device == "gpu" or (device == "auto" and can_gpu and gpus) else "cpu"
+        if hasattr(job.segmenter, "on_device"):
+            job.segmenter.on_device(chosen)
+        if chosen == "gpu":
+            echo(f"population {job.name}: segment tasks on GPU workers ({len(gpus)} of them)")
+
 
 def _versions() -> dict[str, str]:
     import importlib.metadata as md
@@ -174,7 +204,10 @@ def run(
     config: RunConfig,
     *,
     scheduler: str | None = None,
+    cluster: str | None = None,
+    security=None,
     n_workers: int | None = None,
+    gpu_workers: int | None = None,
     in_place: bool = False,
     overwrite: bool = False,
     progress: bool = False,
@@ -189,8 +222,14 @@ def run(
         The validated configuration.
     scheduler : str, optional
         Address of an existing Dask scheduler; default: an embedded LocalCluster.
+    cluster : str, optional
+        ``local``, ``slurm``, ``slurm-runner`` or an address (see :func:`popseg_dask.cluster.open_client`).
+    security : distributed.security.Security, optional
+        TLS credentials for a ``tls://`` scheduler.
     n_workers : int, optional
         Workers of the embedded cluster.
+    gpu_workers : int, optional
+        Extra embedded workers owning one GPU each (default: one per GPU found).
     in_place : bool
         Write the labels inside the input OME-Zarr image.
     overwrite : bool
@@ -212,13 +251,15 @@ def run(
     # Connect before touching the output: a cluster that cannot be reached leaves nothing behind.
     if client is not None:
         return _run_with(client, plan, overwrite, t0, progress, echo)
-    with open_client(scheduler, n_workers=n_workers) as c:
+    with open_client(scheduler, cluster=cluster, n_workers=n_workers, gpu_workers=gpu_workers,
+                     security=security) as c:
         return _run_with(c, plan, overwrite, t0, progress, echo)
 
 
 def _run_with(client, plan: RunPlan, overwrite: bool, t0: float, progress: bool,
               echo: Callable[[str], None]) -> dict[str, Any]:
     config = plan.config
+    _place_populations(client, plan, echo)
     store = LabelStore(plan.output, plan.ngff_version)
     store.prepare(overwrite=overwrite, in_place=plan.in_place, populations=[j.name for j in plan.jobs])
     record: dict[str, Any] = {

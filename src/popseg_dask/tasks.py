@@ -121,7 +121,11 @@ def _segment_window(segmenter: Segmenter, block: np.ndarray, stats: Any, ctx: Wi
         # nothing is cut: every object is exact; one cluster holds the whole support
         cl = (np.asarray(support, bool) | (local > 0)).astype(np.int32)
         return local, cl, np.ones(2, bool), np.ones(n + 1, bool), vote
-    cl, nc = clusters(np.asarray(support, bool) | (local > 0), segmenter.link)
+    if getattr(segmenter, "objects_independent", False):
+        # each object is its own cluster: touching cells do not chain into one unresolvable blob
+        cl, nc = local.astype(np.int32, copy=False), n
+    else:
+        cl, nc = clusters(np.asarray(support, bool) | (local > 0), segmenter.link)
     ok = resolved_clusters(cl, nc, ctx.artificial, max(segmenter.halo, 1))
     if n:
         # an object is exact when every cluster it touches is resolved
@@ -275,8 +279,13 @@ def _merge_task(source: FrameSource, stats: Any, segmenter: Segmenter, results: 
         region[cover] = prov[cover]
         out[t, window[0]:window[1], window[2]:window[3]] = region
         anchors.append(anc)
+    anchors = np.unique(np.concatenate(anchors)) if anchors else np.zeros(0, np.int64)
+    if getattr(segmenter, "objects_independent", False) and len(results) > 1:
+        # Networks agree between overlapping windows only up to float rounding: keep the ids that
+        # are on the frame, so a rare disagreement can leave no numbered object without pixels.
+        anchors = np.intersect1d(anchors, np.unique(np.asarray(out[t])).astype(np.int64))
     info["merge_s"] = time.perf_counter() - t0
-    return np.unique(np.concatenate(anchors)) if anchors else np.zeros(0, np.int64), info
+    return anchors, info
 
 
 def _open_array(a, mode: str):

@@ -13,6 +13,7 @@ each tile writes exactly its own chunks.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -90,7 +91,7 @@ def auto_tile_size(frame_shape: tuple[int, int], halo: int, memory_bytes: float,
 
 
 def plan_tiles(frame_shape: tuple[int, int], tile, halo: int, *, memory_bytes: float = 2e9,
-               clamp_halo: bool = False) -> TilePlan:
+               clamp_halo: bool = False, align: int = 1) -> TilePlan:
     """Build the tile plan of a population.
 
     Parameters
@@ -105,6 +106,9 @@ def plan_tiles(frame_shape: tuple[int, int], tile, halo: int, *, memory_bytes: f
     clamp_halo : bool
         Shrink a halo that is not smaller than the tile (a default halo, not the user's) to
         tile - 1 instead of refusing it; stitching stays exact, more objects are merged.
+    align : int
+        Tile sizes and halo are rounded up to multiples of this, so every window starts on the
+        segmenter's grid (a network that downsamples by 16 sees the same pooling blocks).
 
     Raises
     ------
@@ -113,17 +117,20 @@ def plan_tiles(frame_shape: tuple[int, int], tile, halo: int, *, memory_bytes: f
     """
     if halo < 0:
         raise PopsegError(f"halo must be >= 0, got {halo}")
+    align = max(1, int(align))
+    halo = -(-halo // align) * align
     if tile in (None, "none"):
         return TilePlan(tuple(frame_shape), tuple(frame_shape), halo)
     if tile == "auto":
-        return TilePlan(tuple(frame_shape), auto_tile_size(frame_shape, halo, memory_bytes), halo)
+        ty, tx = auto_tile_size(frame_shape, halo, memory_bytes, multiple=math.lcm(64, align))
+        return TilePlan(tuple(frame_shape), (ty, tx), halo)
     ty, tx = (tile, tile) if isinstance(tile, int) else tuple(tile)
     if ty < 1 or tx < 1:
         raise PopsegError(f"tile must be positive, got {tile}")
-    ty, tx = min(ty, frame_shape[0]), min(tx, frame_shape[1])
+    ty, tx = (min(-(-v // align) * align, n) for v, n in zip((ty, tx), frame_shape))
     plan = TilePlan(tuple(frame_shape), (ty, tx), halo)
     if clamp_halo and not plan.untiled and halo >= min(ty, tx):
-        plan = TilePlan(tuple(frame_shape), (ty, tx), min(ty, tx) - 1)
+        plan = TilePlan(tuple(frame_shape), (ty, tx), max(0, (min(ty, tx) - 1) // align * align))
     if not plan.untiled and plan.halo >= min(ty, tx):
         raise PopsegError(
             f"halo {halo} is not smaller than the tile {ty}x{tx}: every tile would be mostly halo; "

@@ -1,0 +1,310 @@
+"""Deep-learning segmenters end to end: threshold labels -> corrected -> export -> train -> run.
+
+Models are trained here, by ``popseg train``, on a synthetic movie (nothing is downloaded), once
+per test session. StarDist trains a tiny network in about a minute, Cellpose 3 a full-size one for
+a couple of minutes; both run inside real ``popseg run`` calls on a real LocalCluster.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+import yaml
+import zarr
+
+from popseg_dask.cli import main
+from popseg_dask.metrics import f1_score
+
+pytest.importorskip("stardist", reason="the stardist extra is not installed (pip install '.[stardist]')")
+pytest.importorskip("cellpose", reason="the cellpose extra is not installed (pip install '.[cellpose]')")
+
+N_FRAMES, SIZE = 8, 256
+
+
+def _labels(out: Path, pop: str) -> np.ndarray:
+    return zarr.open_array(str(out / "labels" / pop / "0"), mode="r")[...]
+
+
+def _mean_f1(a: np.ndarray, b: np.ndarray, iou: float = 0.5) -> float:
+    return float(np.mean([f1_score(a[t], b[t], iou) for t in range(len(a))]))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A movie, its threshold labels, 'corrected' labels, training sets and two trained models."""
+    from popseg_dask.io.images import write_ome_zarr_image
+    from popseg_dask.synthetic import DEMO_CONFIG, make_movie
+
+    root = tmp_path_factory.mktemp("models")
+    mv = make_movie(n_frames=N_FRAMES, size=SIZE, n_targets=30, n_effectors=8, seed=0)
+    write_ome_zarr_image(root / "movie.ome.zarr", mv.image, mv.channels, pixel_size_um=mv.pixel_size_um)
+    (root / "threshold.yaml").write_text(yaml.safe_dump({**DEMO_CONFIG, "output": "threshold.zarr"}))
+    assert main(["run", str(root / "threshold.yaml"), "--quiet", "--workers", "1"]) == 0
+    # "Corrected in napari": the traditional labels of frames 0-5 fixed by hand, saved as TIFF.
+    corrected = _labels(root / "threshold.zarr", "targets").copy()
+    corrected[:6] = mv.truth["targets"][:6]
+    tifffile.imwrite(root / "targets_corrected.tif", corrected)
+    assert main(["export-training", str(root / "threshold.zarr"), "--population", "targets",
+                 "--labels", str(root / "targets_corrected.tif"), "--frames", "0:6", "--out", str(root / "ds_t")]) == 0
+    assert main(["export-training", str(root / "threshold.zarr"), "--population", "effectors", "--frames", "0:6",
+                 "--tiles", "1", "--out", str(root / "ds_e")]) == 0
+    assert main(["train", "stardist", str(root / "ds_t"), "--out", str(root / "models" / "sd"), "--size", "tiny",
+                 "--epochs", "20", "--steps", "20"]) == 0
+    assert main(["train", "cellpose", str(root / "ds_e"), "--out", str(root / "models" / "cp"), "--epochs", "100", "--patch", "128"]) == 0
+    return root, mv
+
+
+def test_training_writes_a_usable_model_folder(trained, capsys):
+    root, _ = trained
+    sd = root / "models" / "sd"
+    assert {"config.json", "thresholds.json", "weights_best.h5", "config_input.json"} <= {p.name for p in sd.iterdir()}
+    meta = json.loads((sd / "config_input.json").read_text())
+    assert meta["channels"] == ["nuclei"] and meta["spatial_calibration"] == pytest.approx(0.65)
+    assert meta["popseg"]["validation_f1"] >= 0.8, meta["popseg"]
+    assert 10 <= meta["popseg"]["object_size_px"] <= 40
+    cp = root / "models" / "cp"
+    cmeta = json.loads((cp / "config_input.json").read_text())
+    assert (cp / "cp").is_file() and cmeta["channels"] == ["cfse"] and cmeta["diameter"] > 10
+    assert cmeta["popseg"]["validation_f1"] >= 0.8, cmeta["popseg"]
+    ds = json.loads((root / "ds_t" / "dataset.json").read_text())
+    assert len(ds["items"]) == 6 and ds["source"]["labels"].endswith("targets_corrected.tif")
+    # the whole frame's intensity range travels with each tile
+    assert all(len(i["scaling"]) == 1 and i["scaling"][0][0] < i["scaling"][0][1] for i in ds["items"])
+
+
+def test_fine_tuning_starts_from_the_base_model(trained, capsys):
+    root, _ = trained
+    out = root / "models" / "sd_ft"
+    assert main(["train", "stardist", str(root / "ds_t"), "--out", str(out), "--from", str(root / "models" / "sd"),
+                 "--epochs", "2", "--steps", "5"]) == 0
+    meta = json.loads((out / "config_input.json").read_text())
+    assert meta["popseg"]["base"] == str(root / "models" / "sd")
+    # two short epochs from a trained model keep it good; from scratch they would not
+    assert meta["popseg"]["validation_f1"] >= 0.8
+    assert "validation F1" in capsys.readouterr().out
+
+
+@pytest.fixture(scope="module")
+def dl_run(trained, client2):
+    from popseg_dask.config import load_config
+    from popseg_dask.pipeline import run
+
+    root, mv = trained
+    cfg = {"input": "movie.ome.zarr", "output": "dl.zarr", "populations": {
+        "sd": {"segmenter": "stardist", "model": "models/sd", "tile": "none"},
+        "sd_tiled": {"segmenter": "stardist", "model": "models/sd", "tile": 96},
+        "cp": {"segmenter": "cellpose", "model": "models/cp", "tile": "none"},
+        "cp_tiled": {"segmenter": "cellpose", "model": "models/cp", "tile": 128, "halo": 64},
+    }}
+    (root / "dl.yaml").write_text(yaml.safe_dump(cfg))
+    rec = run(load_config(root / "dl.yaml"), client=client2)
+    return root, mv, rec
+
+
+def test_stardist_run_matches_truth_and_tiles_agree(dl_run):
+    root, mv, rec = dl_run
+    sd, sdt = _labels(root / "dl.zarr", "sd"), _labels(root / "dl.zarr", "sd_tiled")
+    assert _mean_f1(sd, mv.truth["targets"]) >= 0.8
+    assert rec["populations"]["sd_tiled"]["tiles_per_frame"] == 9
+    assert _mean_f1(sdt, sd, 0.9) >= 0.99
+    # ids are unique across the movie, in frame order
+    ids = [np.unique(sdt[t][sdt[t] > 0]) for t in range(N_FRAMES)]
+    assert all(a.max() < b.min() for a, b in zip(ids, ids[1:]))
+    assert rec["populations"]["sd"]["device"] == "cpu" and rec["populations"]["sd"]["resources"] is None
+
+
+def test_cellpose_run_matches_truth_and_tiles_agree(dl_run):
+    root, mv, rec = dl_run
+    cp, cpt = _labels(root / "dl.zarr", "cp"), _labels(root / "dl.zarr", "cp_tiled")
+    assert _mean_f1(cp, mv.truth["effectors"]) >= 0.8
+    assert rec["populations"]["cp_tiled"]["tiles_per_frame"] == 4
+    assert _mean_f1(cpt, cp, 0.9) >= 0.99
+
+
+def test_models_load_once_per_worker(dl_run, client2):
+    from popseg_dask.segmenters.model import model_loads
+
+    loads = client2.run(model_loads)
+    per_model: dict[str, int] = {}
+    for worker, counts in loads.items():
+        for key, n in counts.items():
+            assert n == 1, f"{key} loaded {n} times on {worker}"
+            per_model[key] = per_model.get(key, 0) + 1
+    # two populations share each model: still at most one load per worker process
+    assert {k.split(":")[0] for k in per_model} == {"stardist", "cellpose"}
+    assert all(n <= len(loads) for n in per_model.values())
+
+
+def test_gpu_population_without_gpu_workers_is_refused_before_writing(trained, client2):
+    from popseg_dask.config import load_config
+    from popseg_dask.errors import PopsegError
+    from popseg_dask.pipeline import run
+
+    root, _ = trained
+    cfg = {"input": "movie.ome.zarr", "output": "gpu.zarr",
+           "populations": {"sd": {"segmenter": "stardist", "model": "models/sd", "device": "gpu"}}}
+    (root / "gpu.yaml").write_text(yaml.safe_dump(cfg))
+    with pytest.raises(PopsegError, match="no worker of the cluster offers a GPU"):
+        run(load_config(root / "gpu.yaml"), client=client2)
+    assert not (root / "gpu.zarr").exists()
+
+
+@pytest.mark.parametrize("pop, message", [
+    ({"segmenter": "stardist", "model": "nowhere"}, "model .*nowhere not found"),
+    ({"segmenter": "stardist", "model": "models/cp", "channel": "nuclei"}, "not a StarDist model folder"),
+    ({"segmenter": "stardist", "model": "models/sd", "channels": ["nuclei", "cfse"]}, "reads 1 channel"),
+    ({"segmenter": "stardist", "model": "models/sd", "channel": "dapi"}, "channel 'dapi' is not in the movie"),
+    ({"segmenter": "stardist", "model": "models/sd", "channel": "nuclei", "channels": ["nuclei"]}, "either 'channel'"),
+    ({"segmenter": "stardist", "model": "models/sd", "percentiles": [99, 1]}, "low must be below high"),
+    ({"segmenter": "stardist", "model": "models/sd", "prob_thresh": 1.5}, "prob_thresh"),
+    ({"segmenter": "threshold", "channel": "nuclei", "thresholds": [1, 2], "device": "gpu"}, "CPU only"),
+    ({"segmenter": "cellpose", "model": "models/cp", "normalize": "absolute"}, "needs 'values"),
+])
+def test_model_config_errors_are_one_line(trained, pop, message, capsys):
+    root, _ = trained
+    (root / "bad.yaml").write_text(yaml.safe_dump({"input": "movie.ome.zarr", "output": "bad.zarr",
+                                                   "populations": {"p": pop}}))
+    assert main(["run", str(root / "bad.yaml"), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.startswith("popseg: error:")
+    import re
+    assert re.search(message, err), err
+    assert not (root / "bad.zarr").exists()
+
+
+def test_stardist_receptive_field_bounds_the_network(trained):
+    """Changing one input pixel changes the network output only within the computed radius."""
+    from stardist.models import StarDist2D
+
+    from popseg_dask.segmenters.stardist import stardist_receptive_field
+
+    root, _ = trained
+    cfg = json.loads((root / "models" / "sd" / "config.json").read_text())
+    rf, div = stardist_receptive_field(cfg)
+    assert div == 8
+    model = StarDist2D(None, name="sd", basedir=str(root / "models"))
+    x = np.random.default_rng(0).random((1, 256, 256, 1)).astype(np.float32)
+    y = x.copy()
+    y[0, 128, 128, 0] += 5.0
+    a, b = (np.asarray(model.keras_model(v, training=False)[0]) for v in (x, y))  # prob at grid resolution
+    changed = np.argwhere(np.abs(a[0] - b[0]).max(axis=-1) > 1e-6) * 2  # grid 2 -> pixels
+    assert len(changed)
+    reach = np.abs(changed - 128).max()
+    assert reach <= rf, (reach, rf)
+    assert reach >= rf // 3  # the bound is not absurdly loose
+
+
+class TinyCpsam:
+    """A stand-in for a cellpose 4 (cpsam) model: its ``eval`` has v4's signature (no ``channels``)."""
+
+    def __init__(self):
+        import torch
+
+        self.net = torch.nn.Conv2d(3, 1, 1, bias=False)
+        with torch.no_grad():
+            self.net.weight[:] = 0
+            self.net.weight[0, 0, 0, 0] = 1.0
+        self.calls = []
+
+    def eval(self, x, batch_size=8, channel_axis=None, normalize=True, diameter=None, flow_threshold=0.4,
+             cellprob_threshold=0.0, min_size=15, **kw):
+        import torch
+        from scipy import ndimage as ndi
+
+        self.calls.append(dict(channel_axis=channel_axis, normalize=normalize, diameter=diameter, shape=x.shape))
+        img = np.moveaxis(np.asarray(x), channel_axis, 0)
+        img = np.concatenate([img, np.zeros((3 - img.shape[0], *img.shape[1:]), img.dtype)])[:3]
+        with torch.no_grad():
+            prob = self.net(torch.from_numpy(np.ascontiguousarray(img))[None])[0, 0].numpy()
+        masks, _ = ndi.label(prob > 0.5)
+        return masks, None, None
+
+
+def test_cellpose4_api_path(trained):
+    from popseg_dask.segmenters.cellpose import CellposeSegmenter, cellpose_api
+    from popseg_dask.segmenters.model import cached_model
+    from popseg_dask.tasks import segment_frame
+
+    root, mv = trained
+    stand_in = TinyCpsam()
+    assert cellpose_api(stand_in) == 4
+    seg = CellposeSegmenter.from_config({"model": str(root / "models" / "cp"), "channel": "nuclei",
+                                         "diameter": 12}, list(mv.channels))
+    cached_model(("cellpose", str(seg.model_path), "cpu"), lambda: stand_in)  # what a v4 load would give
+    frame = mv.image[0, :1]
+    whole, _ = segment_frame(seg, frame)
+    tiled, _ = segment_frame(seg, frame, tile=96)
+    assert stand_in.calls and all(c["normalize"] is False and c["channel_axis"] == -1 and c["diameter"] == 12
+                                  for c in stand_in.calls)
+    assert whole.max() > 10 and np.array_equal(whole, tiled)
+
+
+def test_export_training_refuses_bad_input(trained, capsys):
+    root, _ = trained
+    assert main(["export-training", str(root / "threshold.zarr"), "--population", "nobody", "--out",
+                 str(root / "x")]) == 2
+    assert "population 'nobody' is not in" in capsys.readouterr().err
+    assert main(["export-training", str(root / "threshold.zarr"), "--population", "targets", "--frames", "5:99:x",
+                 "--out", str(root / "x")]) == 2
+    assert "--frames" in capsys.readouterr().err
+    assert main(["export-training", str(root / "threshold.zarr"), "--population", "targets", "--out",
+                 str(root / "ds_t")]) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert main(["train", "stardist", str(root / "threshold.zarr"), "--out", str(root / "m")]) == 2
+    assert "not a training set" in capsys.readouterr().err
+    assert not (root / "x").exists() and not (root / "m").exists()
+
+
+def test_gpu_population_runs_only_on_the_gpu_worker(trained, tmp_path):
+    """A real scheduler and two real workers, one offering GPU=1: every segment task of the GPU
+    populations (explicit gpu, and auto) ran there; the CPU population used the other worker too."""
+    from distributed import Client, get_task_stream
+    from test_remote_scheduler import _start, _stop
+
+    from popseg_dask.config import load_config
+    from popseg_dask.pipeline import run
+
+    root, _ = trained
+    cfg = {"input": "movie.ome.zarr", "output": "placed.zarr", "populations": {
+        "sd": {"segmenter": "stardist", "model": "models/sd", "tile": 128, "device": "gpu"},
+        "sd_auto": {"segmenter": "stardist", "model": "models/sd", "tile": "none"},
+        "thr": {"segmenter": "threshold", "channel": "cfse", "thresholds": [300, 1e9], "tile": "none"},
+    }}
+    (root / "placed.yaml").write_text(yaml.safe_dump(cfg))
+    addr, procs = _start(tmp_path, [["--resources", "GPU=1"], []])
+    try:
+        with Client(addr) as client:
+            gpu = [w for w, i in client.scheduler_info()["workers"].items() if i.get("resources", {}).get("GPU")]
+            with get_task_stream(client) as ts:
+                rec = run(load_config(root / "placed.yaml"), client=client)
+        assert rec["complete"]
+        assert rec["populations"]["sd"]["device"] == "gpu" and rec["populations"]["sd_auto"]["device"] == "gpu"
+        assert rec["populations"]["sd"]["resources"] == {"GPU": 1}
+        where: dict[str, list[str]] = {}
+        for task in ts.data:
+            kind, pop = str(task["key"]).split("-")[:2]
+            where.setdefault(f"{kind}-{pop}", []).append(task["worker"])
+        gpu_tasks = where["tile-sd"] + where["merge-sd"] + where["tile-sd_auto"] + where["merge-sd_auto"]
+        assert len(gpu_tasks) == N_FRAMES * (4 + 1) + N_FRAMES * 2 and set(gpu_tasks) == set(gpu)
+        other = set(where["tile-thr"] + where["merge-thr"])
+        assert other - set(gpu), "the CPU population should also use the worker without a GPU"
+    finally:
+        _stop(procs)
+    sd = _labels(root / "placed.zarr", "sd")
+    assert sd.max() > 0
+
+
+def test_embedded_gpu_workers_are_pinned():
+    """--gpu-workers: embedded workers own one device each; the others see none."""
+    from popseg_dask.cluster import open_client
+
+    with open_client(n_workers=1, gpu_workers=2, dashboard=False) as client:
+        env = client.run(lambda: __import__("os").environ.get("CUDA_VISIBLE_DEVICES"))
+        res = {w: i.get("resources", {}) for w, i in client.scheduler_info()["workers"].items()}
+    gpu_env = sorted(env[w] for w, r in res.items() if r.get("GPU") == 1)
+    cpu_env = [env[w] for w, r in res.items() if not r.get("GPU")]
+    assert gpu_env == ["0", "1"] and cpu_env == [""]
