@@ -1,0 +1,171 @@
+"""The deploy recipes parse, ask for GPUs the way the scheduler understands, expose nothing
+publicly, and run the project's real commands (no drift between recipes and CLI)."""
+
+from __future__ import annotations
+
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+import yaml
+
+from popseg_dask.cli import _parser
+
+DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
+
+
+def _yaml_docs(path: Path) -> list:
+    return [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
+
+
+def _popseg_subcommands() -> set[str]:
+    sub = next(a for a in _parser()._actions if a.__class__.__name__ == "_SubParsersAction")
+    return set(sub.choices)
+
+
+def _check_command(argv: list[str]) -> None:
+    """A command a recipe runs: popseg with a real subcommand and flags, or dask scheduler/worker."""
+    if argv[0] == "popseg":
+        args = ["PLACEHOLDER" if "$" in a else a for a in argv[1:]]  # shell variables stand for paths
+        _parser().parse_args(args)  # exits (SystemExit) on an unknown subcommand or flag
+    elif argv[0] == "dask":
+        assert argv[1] in ("scheduler", "worker"), argv
+        from distributed.cli.dask_scheduler import main as sched
+        from distributed.cli.dask_worker import main as work
+
+        cmd = sched if argv[1] == "scheduler" else work
+        known = {o for p in cmd.params for o in p.opts + p.secondary_opts}
+        for a in argv[2:]:
+            if a.startswith("--"):
+                assert a.split("=")[0] in known, f"{a} is not an option of dask {argv[1]}"
+    else:
+        raise AssertionError(f"unexpected command {argv}")
+
+
+def test_every_yaml_recipe_parses():
+    files = sorted(DEPLOY.rglob("*.yaml")) + sorted(DEPLOY.rglob("*.yml"))
+    assert {f.name for f in files} >= {"dask.yaml", "docker-compose.yml", "jobqueue.yaml", "daskcluster.yaml",
+                                       "values.yaml"}
+    for f in files:
+        assert _yaml_docs(f), f
+
+
+def test_dask_config_is_valid_dask_config():
+    import dask.config
+
+    cfg = yaml.safe_load((DEPLOY / "dask.yaml").read_text())
+    with dask.config.set(cfg):
+        assert dask.config.get("distributed.scheduler.allowed-failures") == 3
+        assert dask.config.get("optimization.fuse.active") is False
+        assert dask.config.get("distributed.nanny.pre-spawn-environ.OMP_NUM_THREADS") == 1
+
+
+def test_compose_services_run_real_commands_and_publish_on_loopback_only():
+    doc = _yaml_docs(DEPLOY / "docker" / "docker-compose.yml")[0]
+    services = doc["services"]
+    assert {"scheduler", "cpu-worker", "gpu-worker"} <= set(services)
+    for name, svc in services.items():
+        argv = svc["entrypoint"]
+        _check_command(argv if argv[0] != "popseg" else argv + ["run", "x.yaml"])
+        for port in svc.get("ports", []):
+            assert str(port).startswith("127.0.0.1:"), f"{name} publishes {port} beyond loopback"
+    gpu = services["gpu-worker"]
+    assert gpu["entrypoint"][gpu["entrypoint"].index("--resources") + 1] == "GPU=1"
+    assert gpu["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
+    assert services["cpu-worker"]["environment"]["CUDA_VISIBLE_DEVICES"] == ""
+
+
+@pytest.mark.parametrize("name", ["Dockerfile", "Dockerfile.cuda"])
+def test_dockerfiles_install_the_package_and_run_its_cli(name):
+    text = (DEPLOY / "docker" / name).read_text()
+    assert re.search(r'pip install "?\.\[stardist,cellpose\]', text)
+    assert 'ENTRYPOINT ["popseg"]' in text
+    assert "USER popseg" in text  # not root
+    assert "COPY deploy/dask.yaml" in text
+    # no model download: no build step fetches weights, and start-up runs only the CLI
+    runs = [line for line in text.splitlines() if line.startswith("RUN ")]
+    assert not any(re.search(r"(wget|curl|hf_hub|model_type|pretrained)", r, re.I) for r in runs)
+    starts = [line for line in text.splitlines() if line.startswith(("CMD", "ENTRYPOINT"))]
+    assert starts == ['ENTRYPOINT ["popseg"]', 'CMD ["--help"]']
+
+
+def test_slurm_cluster_job_script_asks_for_a_gpu_and_offers_the_resource():
+    """dask-jobqueue renders the job script from deploy/slurm/jobqueue.yaml."""
+    import dask.config
+
+    jq = pytest.importorskip("dask_jobqueue", reason="dask-jobqueue is in the dev extra")
+    cfg = yaml.safe_load((DEPLOY / "slurm" / "jobqueue.yaml").read_text())
+    # key by key, as a config file would merge over dask-jobqueue's defaults
+    with dask.config.set({f"jobqueue.slurm.{k}": v for k, v in cfg["jobqueue"]["slurm"].items()}):
+        cluster = jq.SLURMCluster(scheduler_options={"dashboard_address": None, "host": "127.0.0.1"})
+        try:
+            script = cluster.job_script()
+        finally:
+            cluster.close()
+    assert "#SBATCH --gres=gpu:1" in script
+    assert "--resources GPU=1" in script
+    assert "--nthreads 1" in script
+    worker_cmd = next(line for line in script.splitlines() if "distributed.cli.dask_worker" in line)
+    argv = shlex.split(worker_cmd)
+    assert argv[argv.index("--resources") + 1] == "GPU=1"
+
+
+def test_sbatch_script_runs_popseg_with_the_slurm_runner():
+    text = (DEPLOY / "slurm" / "popseg.sbatch").read_text()
+    assert "#SBATCH --gpus-per-task=1" in text
+    srun = next(line for line in text.splitlines() if line.startswith("srun "))
+    argv = shlex.split(srun)[1:]
+    assert argv[:2] == ["popseg", "run"] and "--cluster" in argv
+    assert argv[argv.index("--cluster") + 1] == "slurm-runner"
+    _check_command(argv)
+
+
+def _containers(doc) -> list[dict]:
+    spec = doc["spec"]["worker"]["spec"]["containers"]
+    if doc["kind"] == "DaskCluster":
+        spec = spec + doc["spec"]["scheduler"]["spec"]["containers"]
+    return spec
+
+
+def test_kubernetes_recipe_has_a_gpu_worker_group_and_no_public_service():
+    docs = {d["kind"]: d for d in _yaml_docs(DEPLOY / "k8s" / "daskcluster.yaml")}
+    assert set(docs) == {"DaskCluster", "DaskWorkerGroup"}
+    assert docs["DaskCluster"]["spec"]["scheduler"]["service"]["type"] == "ClusterIP"
+    for doc in docs.values():
+        for c in _containers(doc):
+            _check_command([a for a in c["command"]])
+    gpu = docs["DaskWorkerGroup"]["spec"]
+    assert gpu["cluster"] == docs["DaskCluster"]["metadata"]["name"]
+    (c,) = gpu["worker"]["spec"]["containers"]
+    assert c["command"][c["command"].index("--resources") + 1] == "GPU=1"
+    assert c["resources"]["limits"]["nvidia.com/gpu"] == 1
+
+
+def test_helm_values_have_a_gpu_worker_group_and_no_public_service():
+    (v,) = _yaml_docs(DEPLOY / "helm" / "values.yaml")
+    assert v["scheduler"]["serviceType"] == "ClusterIP"
+    assert not v["webUI"]["ingress"]["enabled"]
+    (g,) = v["additional_worker_groups"]
+    assert g["extraArgs"] == ["--resources", "GPU=1"]
+    assert g["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert v["worker"]["threads_per_worker"] == 1
+
+
+def test_readmes_name_only_real_popseg_subcommands():
+    subs = _popseg_subcommands()
+    seen = 0
+    for doc in [DEPLOY / "README.md", DEPLOY.parent / "README.md"]:
+        text = doc.read_text()
+        # commands: lines of fenced code blocks, and inline code spans, that start with "popseg "
+        blocks = re.findall(r"```.*?```", text, re.S)
+        spans = re.findall(r"`([^`\n]+)`", re.sub(r"```.*?```", "", text, flags=re.S))
+        lines = [ln.strip() for b in blocks for ln in b.splitlines()] + [sp.strip() for sp in spans]
+        commands = [ln for ln in lines if ln.startswith("popseg ")]
+        seen += len(commands)
+        for cmd in commands:
+            word = cmd.split()[1]
+            if word.startswith("-"):
+                continue
+            assert word in subs, f"{doc.name} mentions 'popseg {word}', which is not a subcommand"
+    assert seen > 5
