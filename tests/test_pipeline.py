@@ -116,9 +116,22 @@ def test_cli_run_and_inspect(demo_dir, capsys):
     info = json.loads(capsys.readouterr().out)
     assert info["labels"]["targets"]["complete"] is True
     assert info["run"]["complete"] is True
-    # a second run must not silently replace the first
-    assert main(["run", str(demo_dir / "run.yaml"), "--quiet"]) == 2
-    assert "--overwrite" in capsys.readouterr().err
+    # a second run of the same config finds nothing to do and replaces nothing
+    labels = demo_dir / "movie.popseg.zarr" / "labels" / "targets" / "0"
+    before = zarr.open_array(str(labels), mode="r")[...]
+    stamp = {p: p.stat().st_mtime_ns for p in labels.rglob("*") if p.is_file()}
+    assert main(["run", str(demo_dir / "run.yaml"), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "nothing to do" in out and "done in" not in out
+    assert {p: p.stat().st_mtime_ns for p in labels.rglob("*") if p.is_file()} == stamp
+    np.testing.assert_array_equal(zarr.open_array(str(labels), mode="r")[...], before)
+    # another config must not silently replace it either
+    cfg = yaml.safe_load((demo_dir / "run.yaml").read_text())
+    cfg["populations"]["targets"]["tile"] = 64
+    (demo_dir / "other.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["run", str(demo_dir / "other.yaml"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "another configuration" in err and "--overwrite" in err
 
 
 def test_demo_scores_both_populations(tmp_path, capsys):

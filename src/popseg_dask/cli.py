@@ -127,6 +127,8 @@ def _cmd_train(args) -> int:
 
 
 def _print_summary(record: dict, where) -> None:
+    if record.get("up_to_date"):
+        return
     t = record["timings"]
     print(f"done in {t['total_s']:.1f} s (segment {t['segment_s']:.1f} s, numbering {t['number_s']:.1f} s) "
           f"on {record['n_workers']} worker(s)")

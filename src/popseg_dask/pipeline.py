@@ -36,6 +36,7 @@ from .cluster import open_client
 from .config import RunConfig
 from .errors import PopsegError
 from .io.labels import LabelStore, label_chunks, relative_source
+from .io.ledger import Ledger, fingerprint
 from .io.movie import open_movie
 from .segmenters import Segmenter, TileGrid, build_segmenter
 from .stitch import frame_offsets, label_dtype_for
@@ -189,15 +190,64 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def _compute(client, tasks: list, progress: bool) -> list:
-    # optimize_graph=False keeps each task's resource annotation: graph fusion would drop it.
-    futures = client.compute(tasks, optimize_graph=False)
-    if progress:
-        from distributed import progress as show_progress
+class _Progress:
+    """One status line, rewritten in place (the terminal only; nothing when quiet)."""
 
-        show_progress(futures)
-        print()
-    return client.gather(futures)
+    def __init__(self, label: str, total: int, show: bool):
+        import sys
+
+        self.label, self.total, self.done, self.show = label, total, 0, show and total > 0
+        self.t0 = self.last = time.perf_counter()
+        self.out = sys.stderr
+
+    def step(self, n: int = 1) -> None:
+        self.done += n
+        now = time.perf_counter()
+        if self.show and (now - self.last > 0.5 or self.done == self.total):
+            self.last = now
+            rate = self.done / max(now - self.t0, 1e-9)
+            self.out.write(f"\r{self.label}: {self.done}/{self.total} frames ({rate:.1f}/s)   ")
+            self.out.flush()
+
+    def close(self) -> None:
+        if self.show:
+            self.out.write("\n")
+
+
+def _run_progressively(client, units, build: Callable, window: int, on_result: Callable) -> None:
+    """Compute ``build(unit)`` for every unit with at most ``window`` of them in flight.
+
+    The client never holds more than ``window`` small graphs, so a screen of 10^5 frames needs no
+    giant graph and no giant memory. Graphs are submitted unfused: fusion would drop the worker
+    resources they carry. The first failure cancels what is in flight and is raised.
+    """
+    from distributed import as_completed
+
+    it = iter(units)
+    pending: dict[str, Any] = {}
+    ac = as_completed()
+
+    def submit() -> bool:
+        unit = next(it, None)
+        if unit is None:
+            return False
+        fut = client.compute(build(unit), optimize_graph=False)
+        pending[fut.key] = (unit, fut)
+        ac.add(fut)
+        return True
+
+    for _ in range(window):
+        if not submit():
+            break
+    try:
+        for fut in ac:
+            unit, _ = pending.pop(fut.key)
+            on_result(unit, fut.result())
+            fut.release()
+            submit()
+    finally:
+        if pending:
+            client.cancel([f for _, f in pending.values()])
 
 
 def run(
@@ -256,21 +306,49 @@ def run(
         return _run_with(c, plan, overwrite, t0, progress, echo)
 
 
+def _fingerprint(plan: RunPlan) -> str:
+    """What must not change for a run to be resumed: input, config (not its output), tile plans."""
+    cfg = plan.config.model_dump(mode="json")
+    cfg.pop("output", None)
+    return fingerprint({
+        "input": str(plan.config.resolve(plan.config.input).resolve()), "config": cfg,
+        "shape": [int(v) for v in plan.movie.shape],
+        "tiles": {j.name: [list(j.tiles.tile), j.tiles.halo] for j in plan.jobs},
+    })
+
+
+def _window(client, jobs: list[PopulationJob]) -> int:
+    """Frames in flight: enough to keep every worker thread busy, few enough to bound memory."""
+    threads = sum(w.get("nthreads", 1) for w in client.scheduler_info().get("workers", {}).values())
+    return max(4, 2 * threads)
+
+
 def _run_with(client, plan: RunPlan, overwrite: bool, t0: float, progress: bool,
               echo: Callable[[str], None]) -> dict[str, Any]:
     config = plan.config
     _place_populations(client, plan, echo)
     store = LabelStore(plan.output, plan.ngff_version)
-    store.prepare(overwrite=overwrite, in_place=plan.in_place, populations=[j.name for j in plan.jobs])
+    fp = _fingerprint(plan)
+    state = store.prepare(overwrite=overwrite, in_place=plan.in_place, populations=[j.name for j in plan.jobs],
+                          fingerprint=fp)
+    if state == "complete":
+        echo(f"nothing to do: {plan.output} already holds this run, complete (pass --overwrite to redo it)")
+        return {**store.read_record(), "up_to_date": True}
+    ledger = Ledger(store.state_path())
+    previous = store.read_record() if state != "fresh" else None
     record: dict[str, Any] = {
         "complete": False,
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "started": (previous or {}).get("started") or time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "input": str(config.resolve(config.input).resolve()),
         "config": config.model_dump(mode="json"),
+        "fingerprint": fp,
         "versions": _versions(),
         "populations": {j.name: j.segmenter.describe() for j in plan.jobs},
     }
+    if state == "resume":
+        record["resumed"] = (previous or {}).get("resumed", []) + [time.strftime("%Y-%m-%dT%H:%M:%S%z")]
     store.write_record(record)
+    ledger.start(fp)
     movie = plan.movie
     n_t, n_y, n_x = movie.sizes["t"], movie.sizes["y"], movie.sizes["x"]
     if getattr(client, "dashboard_link", None):
@@ -278,73 +356,95 @@ def _run_with(client, plan: RunPlan, overwrite: bool, t0: float, progress: bool,
     echo(f"movie: {n_t} frames of {n_y}x{n_x}, channels {list(map(str, movie.c.values))}; "
          f"populations: {', '.join(j.name for j in plan.jobs)}; output: {plan.output}")
     timings: dict[str, float] = {"plan_s": time.perf_counter() - t0}
+    window = _window(client, plan.jobs)
 
-    # Pass 1: frame statistics, tiles, merges — every frame of every population.
+    # Pass 1: frame statistics, tiles, merges — every frame of every population not yet recorded.
     t1 = time.perf_counter()
     run_id = uuid.uuid4().hex[:8]
-    tasks, spans = [], {}
+    todo, units, built = {}, [], {}
     for job in plan.jobs:
         seg, tiles = job.segmenter, job.tiles
+        done = ledger.segmented(job.name, n_t)
+        todo[job.name] = [t for t in range(n_t) if not done[t]]
         scratch = store.create_scratch(job.name, (n_t, n_y, n_x), tiles.tile, _prov_dtype(n_y, n_x))
         aux = store.create_scratch(job.name + ".aux", (n_t, n_y, n_x), tiles.tile, np.int32) \
             if seg.needs_tile_stats and not tiles.untiled else None
-        grid = TileGrid((n_y, n_x), tiles.tile)
-        data = movie.data[:, job.channel_index]
         stats0 = None
-        if seg.reference_frames():
+        if seg.reference_frames() and todo[job.name]:
+            data = movie.data[:, job.channel_index]
             refs = {t: data[t] for t in seg.reference_frames()}
-            stats0 = dask.delayed(seg.movie_stats, pure=True)(refs)
+            stats0 = client.compute(dask.delayed(seg.movie_stats, pure=True)(refs), optimize_graph=False).result()
+        built[job.name] = (scratch, aux, stats0)
+        units += [(job, t) for t in todo[job.name]]
+    n_total, n_todo = n_t * len(plan.jobs), len(units)
+    if n_todo < n_total:
+        echo(f"resuming: {n_total - n_todo} of {n_total} frame(s) already segmented; segmenting the other {n_todo}")
+    stats_by_pop = {j.name: {"regions": 0, "copied": 0, "whole_frame": 0, "tile_s": 0.0, "merge_s": 0.0,
+                             "frames_computed": 0} for j in plan.jobs}
+
+    def build(unit):
+        job, t = unit
+        seg, tiles = job.segmenter, job.tiles
+        scratch, aux, stats0 = built[job.name]
+        grid = TileGrid((n_y, n_x), tiles.tile)
         seg_d = dask.delayed(seg, pure=True, traverse=False)
-        start = len(tasks)
-        def annotate(res=seg.resources):  # a fresh context per use: they cannot be re-entered
-            return dask.annotate(resources=res) if res else contextlib.nullcontext()
-        for t in range(n_t):
-            src = dask.delayed(FrameSource(data[t], f"frame {t} of {movie.attrs['source']['path']}"),
-                               pure=True, traverse=False)
-            stats = dask.delayed(_frame_stats_task, pure=True)(src, stats0, seg_d) if seg.needs_frame_stats else stats0
-            if seg.needs_tile_stats and not tiles.untiled:  # a whole frame computes its own
-                parts = [dask.delayed(_tile_stats_task, pure=False)(src, stats, seg_d, tile, aux, t) for tile in tiles]
-                stats = dask.delayed(_reduce_stats_task, pure=True)(parts, stats, seg_d, grid)
-            with annotate():
-                # readable keys (dashboard, task stream); the run id keeps runs on one cluster apart
-                results = [dask.delayed(_tile_task, pure=False)(
-                    src, stats, seg_d, tile, scratch, t, aux, tiles,
-                    dask_key_name=f"tile-{job.name}-t{t}-{tile.index[0]}.{tile.index[1]}-{run_id}")
-                    for tile in tiles]
-                tasks.append(dask.delayed(_merge_task, pure=False)(
-                    src, stats, seg_d, results, scratch, t, tiles.tile, aux,
-                    dask_key_name=f"merge-{job.name}-t{t}-{run_id}"))
-        spans[job.name] = (start, len(tasks))
-    echo(f"segmenting {n_t} frames x {len(plan.jobs)} population(s) "
-         f"({', '.join(f'{j.name}: {len(j.tiles)} tile(s)/frame' for j in plan.jobs)}) ...")
-    merged = _compute(client, tasks, progress)
+        src = dask.delayed(FrameSource(movie.data[t, job.channel_index],
+                                       f"frame {t} of {movie.attrs['source']['path']}"), pure=True, traverse=False)
+        stats = dask.delayed(_frame_stats_task, pure=True)(src, stats0, seg_d) if seg.needs_frame_stats else stats0
+        if seg.needs_tile_stats and not tiles.untiled:  # a whole frame computes its own
+            parts = [dask.delayed(_tile_stats_task, pure=False)(src, stats, seg_d, tile, aux, t) for tile in tiles]
+            stats = dask.delayed(_reduce_stats_task, pure=True)(parts, stats, seg_d, grid)
+        with (dask.annotate(resources=seg.resources) if seg.resources else contextlib.nullcontext()):
+            # readable keys (dashboard, task stream); the run id keeps runs on one cluster apart
+            results = [dask.delayed(_tile_task, pure=False)(
+                src, stats, seg_d, tile, scratch, t, aux, tiles,
+                dask_key_name=f"tile-{job.name}-t{t}-{tile.index[0]}.{tile.index[1]}-{run_id}")
+                for tile in tiles]
+            return dask.delayed(_merge_task, pure=False)(
+                src, stats, seg_d, results, scratch, t, tiles.tile, aux, (str(ledger.root), job.name),
+                dask_key_name=f"merge-{job.name}-t{t}-{run_id}")
+
+    bar = _Progress("segmenting", n_todo, progress)
+
+    def took(unit, result):
+        job, _ = unit
+        _, info = result
+        agg = stats_by_pop[job.name]
+        agg["regions"] += info["regions"]
+        agg["copied"] += info.get("copied", 0)
+        agg["whole_frame"] += int(info["whole_frame"])
+        agg["tile_s"] += info["tile_s"]
+        agg["merge_s"] += info["merge_s"]
+        agg["frames_computed"] += 1
+        bar.step()
+
+    if n_todo:
+        echo(f"segmenting {n_todo} frame(s) of {len(plan.jobs)} population(s) "
+             f"({', '.join(f'{j.name}: {len(j.tiles)} tile(s)/frame' for j in plan.jobs)}); "
+             f"{window} frames in flight ...")
+    try:
+        _run_progressively(client, units, build, window, took)
+    finally:
+        bar.close()
     timings["segment_s"] = time.perf_counter() - t1
 
     # Pass 2: final ids = frame offset (prefix sum of counts) + rank of the object's anchor.
     t2 = time.perf_counter()
-    tasks, per_pop = [], {}
+    per_pop, number_units, finals = {}, [], {}
     for job in plan.jobs:
-        a, b = spans[job.name]
-        anchors = [m[0] for m in merged[a:b]]
-        infos = [m[1] for m in merged[a:b]]
-        counts = np.asarray([len(x) for x in anchors], dtype=np.int64)
+        infos = [ledger.load_frame(job.name, t)[1] for t in range(n_t)]
+        counts = np.asarray([i["count"] for i in infos], dtype=np.int64)
         offsets = frame_offsets(counts)
         total = int(counts.sum())
         dtype = label_dtype_for(total)
-        final = store.create_labels(
+        finals[job.name] = (store.create_labels(
             job.name, (n_t, n_y, n_x), dtype,
             source_image=relative_source(store.label_path(job.name), movie.attrs["source"]["path"])
             if not plan.in_place else "../../",
             scale=movie.attrs["scale"], unit_to_um=movie.attrs["source"].get("unit_to_um"),
-        )
-        scratch = str(store.scratch_path(job.name))
-        cy, cx = label_chunks((n_y, n_x))[1:]
-        for t in range(n_t):
-            for y0 in range(0, n_y, cy):
-                for x0 in range(0, n_x, cx):
-                    win = (y0, min(n_y, y0 + cy), x0, min(n_x, x0 + cx))
-                    tasks.append(dask.delayed(_number_task, pure=False)(
-                        scratch, final, t, win, anchors[t], int(offsets[t]), dtype.str))
+            keep=state != "fresh"), offsets, dtype)
+        numbered = ledger.numbered(job.name, n_t)
+        number_units += [(job, t) for t in range(n_t) if not numbered[t]]
         tile_s = sum(i["tile_s"] for i in infos)
         merge_s = sum(i["merge_s"] for i in infos)
         per_pop[job.name] = {
@@ -356,8 +456,23 @@ def _run_with(client, plan: RunPlan, overwrite: bool, t0: float, progress: bool,
             "whole_frame_fallbacks": 0 if job.tiles.untiled else int(sum(i["whole_frame"] for i in infos)),
             "tile_task_s": tile_s, "merge_task_s": merge_s,
             "stitch_share": merge_s / (tile_s + merge_s) if tile_s + merge_s > 0 else 0.0,
+            "frames_computed": stats_by_pop[job.name]["frames_computed"],
         }
-    _compute(client, tasks, progress)
+    cy, cx = label_chunks((n_y, n_x))[1:]
+    windows = [(y0, min(n_y, y0 + cy), x0, min(n_x, x0 + cx)) for y0 in range(0, n_y, cy) for x0 in range(0, n_x, cx)]
+
+    def build_number(unit):
+        job, t = unit
+        final, offsets, dtype = finals[job.name]
+        return dask.delayed(_number_task, pure=False)(
+            str(store.scratch_path(job.name)), final, t, windows, str(ledger.root), job.name, int(offsets[t]),
+            dtype.str, dask_key_name=f"number-{job.name}-t{t}-{run_id}")
+
+    bar = _Progress("numbering", len(number_units), progress)
+    try:
+        _run_progressively(client, number_units, build_number, window, lambda u, r: bar.step())
+    finally:
+        bar.close()
     timings["number_s"] = time.perf_counter() - t2
 
     for name, info in per_pop.items():
@@ -370,9 +485,9 @@ def _run_with(client, plan: RunPlan, overwrite: bool, t0: float, progress: bool,
         finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         timings=timings,
         n_workers=len(client.scheduler_info().get("workers", {})),
+        frames_computed=sum(p["frames_computed"] for p in per_pop.values()),
     )
     for name, info in per_pop.items():
         record["populations"][name].update(info)
     store.write_record(record)
     return record
-

@@ -37,8 +37,10 @@ class SyntheticMovie:
 
 def _window(cy, cx, reach, size):
     """Slices of a square window around (cy, cx) and its coordinate grids."""
-    y0, y1 = max(0, int(cy - reach) - 1), min(size, int(cy + reach) + 2)
-    x0, x1 = max(0, int(cx - reach) - 1), min(size, int(cx + reach) + 2)
+    # clipped to the frame (an object that drifted out of a long movie leaves an empty window)
+    y0 = min(size, max(0, int(cy - reach) - 1))
+    x0 = min(size, max(0, int(cx - reach) - 1))
+    y1, x1 = max(y0, min(size, int(cy + reach) + 2)), max(x0, min(size, int(cx + reach) + 2))
     yy, xx = np.mgrid[y0:y1, x0:x1].astype(float)
     return (slice(y0, y1), slice(x0, x1)), yy, xx
 

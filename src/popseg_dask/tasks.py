@@ -219,12 +219,15 @@ def _write_pixels(out, t: int, flat: np.ndarray, values: np.ndarray, frame_shape
 
 
 def _merge_task(source: FrameSource, stats: Any, segmenter: Segmenter, results: list, scratch: str, t: int,
-                tile_shape: tuple[int, int], aux=None) -> tuple[np.ndarray, dict]:
+                tile_shape: tuple[int, int], aux=None, record: tuple[str, str] | None = None):
     """Complete a frame: copy what tiles resolved for their neighbours, re-segment what none resolved.
 
     A cut cluster whose core pixels some other tile resolved is copied from it; the rest are
     grouped (union of overlapping boxes) and re-segmented in a window grown around each group
     until every cluster touching the group is resolved (at worst the whole frame).
+
+    With ``record`` (ledger folder, population) the frame's anchors are saved there once its pixels
+    are written, and only ``(count, info)`` travels back; otherwise ``(anchors, info)``.
     """
     t0 = time.perf_counter()
     Y, X = source.shape[1:]
@@ -285,6 +288,12 @@ def _merge_task(source: FrameSource, stats: Any, segmenter: Segmenter, results: 
         # are on the frame, so a rare disagreement can leave no numbered object without pixels.
         anchors = np.intersect1d(anchors, np.unique(np.asarray(out[t])).astype(np.int64))
     info["merge_s"] = time.perf_counter() - t0
+    if record is not None:
+        from .io.ledger import Ledger
+
+        info["count"] = int(len(anchors))
+        Ledger(record[0]).save_frame(record[1], t, anchors, info)
+        return len(anchors), info
     return anchors, info
 
 
@@ -339,10 +348,17 @@ def segment_frame(segmenter: Segmenter, frame: np.ndarray, tile=None, halo: int 
     return number_from_provisional(scratch[0], anchors, 0), info
 
 
-def _number_task(scratch: str, final: str, t: int, window, anchors: np.ndarray, offset: int, dtype: str) -> int:
-    y0, y1, x0, x1 = window
-    prov = _open_array(scratch, "r")[t, y0:y1, x0:x1]
-    _open_array(final, "r+")[t, y0:y1, x0:x1] = number_from_provisional(prov, anchors, offset, np.dtype(dtype))
+def _number_task(scratch: str, final: str, t: int, windows, ledger: str, population: str, offset: int,
+                 dtype: str) -> int:
+    """Write frame ``t``'s final ids (chunk by chunk) from its recorded anchors, then mark it numbered."""
+    from .io.ledger import Ledger
+
+    led = Ledger(ledger)
+    anchors, _ = led.load_frame(population, t)
+    src, dst = _open_array(scratch, "r"), _open_array(final, "r+")
+    for y0, y1, x0, x1 in windows:
+        dst[t, y0:y1, x0:x1] = number_from_provisional(src[t, y0:y1, x0:x1], anchors, offset, np.dtype(dtype))
+    led.mark_numbered(population, t)
     return t
 
 

@@ -64,18 +64,36 @@ class LabelStore:
     def scratch_path(self, population: str) -> Path:
         return self.root / ".popseg" / "scratch" / population
 
+    def state_path(self) -> Path:
+        """Where the run's ledger (per-frame completion) lives until the run completes."""
+        return self.root / ".popseg"
+
     # ----------------------------------------------------------- creation
-    def prepare(self, *, overwrite: bool, in_place: bool, populations: list[str]) -> None:
+    def prepare(self, *, overwrite: bool, in_place: bool, populations: list[str],
+                fingerprint: str | None = None) -> str:
         """Create the root group, refusing to clobber results unless asked.
 
         With ``in_place`` the root is the input image itself: only the named
         populations' label groups may be replaced, nothing else is touched.
+
+        Returns ``"fresh"``, ``"resume"`` (an unfinished run with the same ``fingerprint`` is
+        there: its finished frames are kept) or ``"complete"`` (that run already finished).
         """
-        if not in_place and self.root.exists():
-            if not overwrite:
+        if not in_place and self.root.exists() and not overwrite:
+            rec = self.read_record()
+            if rec is None:
                 raise PopsegError(
                     f"output {self.root} already exists; pass --overwrite to replace it or set another 'output'"
                 )
+            if fingerprint is None or rec.get("fingerprint") != fingerprint:
+                raise PopsegError(
+                    f"output {self.root} holds a run of another configuration or input; pass --overwrite to "
+                    "replace it (its results would be lost) or set another 'output'"
+                )
+            if rec.get("complete"):
+                return "complete"
+            return "resume"
+        if not in_place and self.root.exists():
             if not (self.root / "zarr.json").exists() and not (self.root / ".zgroup").exists():
                 raise PopsegError(
                     f"output {self.root} exists and is not a Zarr store; refusing to delete it with --overwrite"
@@ -97,11 +115,20 @@ class LabelStore:
         except OSError as err:
             raise PopsegError(f"cannot write output {self.root}: {err.strerror}; choose a writable 'output'") from None
         shutil.rmtree(self.root / ".popseg", ignore_errors=True)
+        return "fresh"
 
     def create_scratch(self, population: str, shape: tuple[int, int, int], tile: tuple[int, int],
                        dtype=np.uint32) -> str:
-        """Create the scratch array of a population's provisional ids, chunked by the tile cores."""
+        """Create (or, resuming, reopen) the scratch array of a population's provisional ids,
+        chunked by the tile cores."""
         p = self.scratch_path(population)
+        if p.exists():
+            try:
+                old = zarr.open_array(str(p), mode="r")
+                if old.shape == tuple(shape) and old.chunks == (1, *tile) and old.dtype == np.dtype(dtype):
+                    return str(p)
+            except Exception:
+                pass  # unreadable leftovers: start the array again
         zarr.create_array(
             store=str(p), shape=shape, chunks=(1, *tile), dtype=dtype,
             fill_value=0, zarr_format=self.zarr_format, overwrite=True,
@@ -117,9 +144,20 @@ class LabelStore:
         source_image: str,
         scale: dict[str, float],
         unit_to_um: float | None,
+        keep: bool = False,
     ) -> str:
-        """Create a population's NGFF label image (empty) and return its array path."""
+        """Create a population's NGFF label image (empty) and return its array path.
+
+        With ``keep``, an existing one of the same shape and dtype (a resumed run's) is kept.
+        """
         grp_path = self.label_path(population)
+        if keep and (grp_path / "0").exists():
+            try:
+                old = zarr.open_array(str(grp_path / "0"), mode="r")
+                if old.shape == tuple(shape) and old.dtype == np.dtype(dtype):
+                    return str(grp_path / "0")
+            except Exception:
+                pass
         labels_grp = zarr.open_group(str(self.root / "labels"), mode="a", zarr_format=self.zarr_format)
         grp = zarr.open_group(str(grp_path), mode="w", zarr_format=self.zarr_format)
         zarr.create_array(

@@ -121,7 +121,8 @@ def open_run_input(record: dict) -> xr.DataArray:
 def _to_tcyx(arr: da.Array, axes: str, path: Path) -> tuple[da.Array, str]:
     """Squeeze singleton extra axes, add missing t/c, transpose to t, c, y, x."""
     if len(axes) != arr.ndim:
-        raise PopsegError(f"{path}: axes '{axes}' do not match the array's {arr.ndim} dimensions")
+        raise PopsegError(f"{path}: axes '{axes}' do not match the array's {arr.ndim} dimensions (shape {arr.shape}); "
+                          f"give {arr.ndim} letters in 'dims' (e.g. {'tcyx'[-arr.ndim:] if arr.ndim <= 4 else 'tczyx'})")
     keep = []
     for i, ax in enumerate(axes):
         if ax in DIMS:

@@ -1,0 +1,125 @@
+"""Finishing what was started: a worker SIGKILLed mid-run, a client SIGKILLed mid-run, a re-run.
+
+Everything here is real: `dask scheduler` / `dask worker` processes on loopback, `popseg run`
+as a separate process killed with SIGKILL, Zarr on disk.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+import zarr
+from test_remote_scheduler import _start, _stop
+
+from popseg_dask.cli import main
+
+POPS = ("targets", "effectors")
+
+
+@pytest.fixture(scope="module")
+def long_movie(tmp_path_factory):
+    """A movie long enough (40 frames) to kill things in the middle of its run, and its clean run."""
+    from popseg_dask.io.images import write_ome_zarr_image
+    from popseg_dask.synthetic import DEMO_CONFIG, make_movie
+
+    root = tmp_path_factory.mktemp("resume")
+    m = make_movie(n_frames=40, size=256, n_targets=20, n_effectors=6, seed=11)
+    write_ome_zarr_image(root / "movie.ome.zarr", m.image, m.channels, pixel_size_um=m.pixel_size_um)
+    cfg = dict(DEMO_CONFIG)
+    cfg["populations"] = {k: {**v, "tile": 128} for k, v in cfg["populations"].items()}
+    (root / "clean.yaml").write_text(yaml.safe_dump({**cfg, "output": "clean.zarr"}))
+    assert main(["run", str(root / "clean.yaml"), "--workers", "2", "--quiet"]) == 0
+    clean = {p: zarr.open_array(str(root / "clean.zarr" / "labels" / p / "0"), mode="r")[...] for p in POPS}
+    return root, cfg, clean
+
+
+def _labels(out: Path) -> dict[str, np.ndarray]:
+    return {p: zarr.open_array(str(out / "labels" / p / "0"), mode="r")[...] for p in POPS}
+
+
+def _segmented(out: Path) -> int:
+    folder = out / ".popseg" / "frames"
+    return sum(len(list((folder / p).glob("t*.npz"))) for p in POPS if (folder / p).is_dir())
+
+
+def test_killed_client_resumes_with_identical_output(long_movie, tmp_path, capsys):
+    root, cfg, clean = long_movie
+    (root / "killed.yaml").write_text(yaml.safe_dump({**cfg, "output": "killed.zarr"}))
+    out = root / "killed.zarr"
+    proc = subprocess.Popen([sys.executable, "-m", "popseg_dask.cli", "run", str(root / "killed.yaml"),
+                             "--workers", "1", "--quiet"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    deadline = time.time() + 120
+    while _segmented(out) < 10:
+        assert proc.poll() is None, "the run ended before it could be killed: " + proc.stderr.read().decode()
+        assert time.time() < deadline, "no frame finished within 2 minutes"
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)  # the client and its embedded workers, mid-run
+    proc.wait()
+    done_before = _segmented(out)
+    assert 10 <= done_before < 2 * 40
+    rec = dict(zarr.open_group(str(out), mode="r").attrs)["popseg"]
+    assert rec["complete"] is False  # nothing claims to be finished
+    assert not (out / "labels").exists() or not all((out / "labels" / p / "0").exists() for p in POPS)
+
+    assert main(["run", str(root / "killed.yaml"), "--workers", "2", "--quiet"]) == 0
+    text = capsys.readouterr().out
+    assert f"resuming: {done_before} of 80 frame(s) already segmented" in text
+    rec = dict(zarr.open_group(str(out), mode="r").attrs)["popseg"]
+    assert rec["complete"] and rec["frames_computed"] == 80 - done_before and len(rec["resumed"]) == 1
+    got = _labels(out)
+    for p in POPS:
+        assert np.array_equal(got[p], clean[p]), p
+    assert not (out / ".popseg").exists()
+
+
+def test_worker_sigkilled_mid_run_still_completes_identically(long_movie, tmp_path):
+    from distributed import Client
+
+    from popseg_dask.config import load_config
+    from popseg_dask.pipeline import run
+
+    root, cfg, clean = long_movie
+    (root / "worker.yaml").write_text(yaml.safe_dump({**cfg, "output": "worker.zarr"}))
+    out = root / "worker.zarr"
+    addr, procs = _start(tmp_path, [[], []])
+    result: dict = {}
+    try:
+        with Client(addr) as client:
+            def go():
+                try:
+                    result["record"] = run(load_config(root / "worker.yaml"), client=client)
+                except BaseException as err:  # reported below
+                    result["error"] = err
+
+            th = threading.Thread(target=go)
+            th.start()
+            deadline = time.time() + 120
+            while _segmented(out) < 10:
+                assert th.is_alive(), f"the run ended before a worker could be killed: {result}"
+                assert time.time() < deadline
+                time.sleep(0.05)
+            victim = procs[1]  # a worker (procs[0] is the scheduler)
+            os.killpg(victim.pid, signal.SIGKILL)
+            killed_at = _segmented(out)
+            th.join(timeout=300)
+            assert not th.is_alive()
+            assert "error" not in result, result.get("error")
+            assert len(client.scheduler_info()["workers"]) == 1  # it stayed dead
+    finally:
+        _stop([p for p in procs if p.poll() is None])
+    assert killed_at < 80
+    rec = result["record"]
+    assert rec["complete"] and rec["frames_computed"] == 80
+    got = _labels(out)
+    for p in POPS:
+        assert np.array_equal(got[p], clean[p]), p
