@@ -23,6 +23,11 @@ def _cmd_run(args) -> int:
     from .pipeline import run
 
     config = load_config(args.config)
+    from .screen import find_positions
+
+    screen = find_positions(config)
+    if screen is not None:
+        return _run_screen(config, screen, args)
     record = run(
         config, scheduler=args.scheduler, cluster=args.cluster, security=_security(args), n_workers=args.workers,
         gpu_workers=args.gpu_workers, in_place=args.in_place,
@@ -36,6 +41,29 @@ def _cmd_run(args) -> int:
         from .report import write_report
 
         print(f"report: {write_report(output)}")
+    return 0
+
+
+def _run_screen(config, screen, args) -> int:
+    from .cluster import open_client
+    from .screen import run_screen
+
+    with open_client(args.scheduler, cluster=args.cluster, n_workers=args.workers, gpu_workers=args.gpu_workers,
+                     security=_security(args)) as client:
+        summary = run_screen(config, screen, client=client, overwrite=args.overwrite, in_place=args.in_place,
+                             progress=not args.quiet, echo=print)
+    done = sum(1 for p in summary["positions"].values() if p["status"] == "done")
+    print(f"screen done in {summary['seconds']:.1f} s: {done} position(s) segmented, "
+          f"{len(summary['positions']) - done} already up to date; summary: {screen.root / 'screen.json'}")
+    for name, p in summary["positions"].items():
+        if args.measure or args.report:
+            output = Path(p["output"])
+            if args.measure:
+                _measure(output, args, overwrite=True)
+            if args.report:
+                from .report import write_report
+
+                print(f"report ({name}): {write_report(output)}")
     return 0
 
 

@@ -65,7 +65,8 @@ class PopulationSpec(BaseModel):
 class RunConfig(Strict):
     """A whole run: one movie (or stack) and its populations."""
 
-    input: Path
+    input: Path | list[Path] = Field(description="a movie, a list of movies, a Celldetective experiment "
+                                     "folder or an HCS plate")
     channels: list[str] | None = None
     dims: str | None = None
     pixel_size_um: float | None = Field(default=None, gt=0)

@@ -100,6 +100,9 @@ def plan_run(config: RunConfig, *, in_place: bool = False) -> RunPlan:
     PopsegError
         For any config/input mismatch (unknown channel, bad output location, ...).
     """
+    if isinstance(config.input, list):
+        raise PopsegError("'input' lists several movies: that is a screen; run it with `popseg run` "
+                          "(or popseg_dask.screen.run_screen)")
     input_path = config.resolve(config.input)
     movie = open_movie(input_path, channels=config.channels, dims=config.dims, pixel_size_um=config.pixel_size_um)
     names = [str(c) for c in movie.c.values]

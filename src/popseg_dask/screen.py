@@ -1,0 +1,184 @@
+"""Screens: every position of a plate, an experiment folder or a list of movies, in one run.
+
+``input`` may be:
+
+* one movie (OME-Zarr image, Zarr array, TIFF) — a plain run;
+* a list of movies — one position per movie, named by its file name;
+* a Celldetective experiment folder (``config.ini``, ``W*/<position>/movie/*.tif``) — one position
+  per movie folder; channels and pixel size come from ``config.ini`` unless the config gives them;
+* an OME-NGFF HCS plate (``plate`` metadata, wells, fields) — one position per field.
+
+Each position gets its own output store, ``<output>/<position>.popseg.zarr`` (or, with
+``--in-place``, labels inside each field of a plate), its own run record and its own resume state,
+so a screen interrupted anywhere continues where it stopped, position by position. Positions run
+one after the other on one cluster, each with a bounded window of frames in flight, so neither the
+client nor the scheduler ever holds a graph larger than that window. A position that fails (a
+damaged movie) does not stop the others; the run reports every failure at the end.
+"""
+
+from __future__ import annotations
+
+import configparser
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from .config import RunConfig
+from .errors import PopsegError
+
+__all__ = ["Position", "Screen", "find_positions", "run_screen"]
+
+
+@dataclass
+class Position:
+    """One movie of a screen, where its labels go, and what the config says differently for it."""
+
+    name: str
+    input: Path
+    output: Path
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Screen:
+    """The positions of a screen and the folder that holds their outputs."""
+
+    positions: list[Position]
+    root: Path
+
+
+def _zarr_attrs(path: Path) -> dict:
+    for meta in ("zarr.json", ".zattrs"):
+        f = path / meta
+        if f.is_file():
+            try:
+                data = json.loads(f.read_text())
+            except ValueError:
+                return {}
+            return data.get("attributes", data) if meta == "zarr.json" else data
+    return {}
+
+
+def _plate(path: Path) -> dict | None:
+    attrs = _zarr_attrs(path)
+    return (attrs.get("ome") or attrs).get("plate")
+
+
+def _plate_positions(path: Path, out: Path) -> list[Position]:
+    plate = _plate(path) or {}
+    wells = [w["path"] for w in plate.get("wells", []) if "path" in w]
+    if not wells:
+        raise PopsegError(f"{path} is an HCS plate with no wells listed; check its 'plate' metadata")
+    positions = []
+    for well in wells:
+        attrs = _zarr_attrs(path / well)
+        images = ((attrs.get("ome") or attrs).get("well") or {}).get("images", [])
+        for img in images:
+            name = f"{well}/{img['path']}"
+            positions.append(Position(name, path / well / img["path"], out / f"{name}.popseg.zarr"))
+    if not positions:
+        raise PopsegError(f"{path}: no field listed in any well; check the wells' 'well' metadata")
+    return positions
+
+
+def _experiment_positions(path: Path, out: Path, config: RunConfig) -> list[Position]:
+    from .io.celldetective import _channels
+
+    cfg = configparser.ConfigParser()
+    try:
+        cfg.read(path / "config.ini")
+    except configparser.Error as err:
+        raise PopsegError(f"{path / 'config.ini'} cannot be parsed: {err}") from None
+    movie = dict(cfg.items("MovieSettings")) if cfg.has_section("MovieSettings") else {}
+    prefix = movie.get("movie_prefix", "")
+    overrides: dict[str, Any] = {}
+    if config.channels is None:
+        overrides["channels"] = _channels(cfg)
+    if config.pixel_size_um is None:
+        try:
+            px = float(movie.get("pxtoum", "nan"))
+            if px > 0:
+                overrides["pixel_size_um"] = px
+        except ValueError:
+            pass
+    positions = []
+    for pos_dir in sorted(p for p in path.glob("W*/*") if (p / "movie").is_dir()):
+        movies = sorted((pos_dir / "movie").glob(f"{prefix}*.tif"))
+        if not movies:
+            continue
+        name = f"{pos_dir.parent.name}/{pos_dir.name}"
+        positions.append(Position(name, movies[0], out / f"{name}.popseg.zarr", dict(overrides)))
+    if not positions:
+        raise PopsegError(f"no movie found under {path}/W*/<position>/movie/{prefix}*.tif")
+    return positions
+
+
+def find_positions(config: RunConfig) -> Screen | None:
+    """The positions of a screen input, or None when the input is a single movie."""
+    inputs = config.input if isinstance(config.input, list) else None
+    if inputs is not None:
+        out = config.resolve(config.output) if config.output else config.base_dir / "screen.popseg"
+        paths = [config.resolve(p) for p in inputs]
+        names = [p.name.split(".")[0] for p in paths]
+        if len(set(names)) != len(names):
+            raise PopsegError(f"the movies of 'input' must have distinct names (their outputs are named after "
+                              f"them); got {names}")
+        return Screen([Position(n, p, out / f"{n}.popseg.zarr") for n, p in zip(names, paths)], out)
+    path = config.resolve(config.input)
+    if not path.is_dir():
+        return None
+    out = config.resolve(config.output) if config.output else path.parent / f"{path.name.split('.')[0]}.popseg"
+    if (path / "config.ini").is_file():
+        return Screen(_experiment_positions(path, out, config), out)
+    if _plate(path) is not None:
+        return Screen(_plate_positions(path, out), out)
+    return None
+
+
+def run_screen(config: RunConfig, screen: Screen, *, client, overwrite: bool = False,
+               in_place: bool = False, progress: bool = False,
+               echo: Callable[[str], None] = lambda m: None) -> dict[str, Any]:
+    """Run every position on ``client``; finished positions are skipped, failed ones reported.
+
+    Returns the screen summary (also written to ``<output>/screen.json``).
+
+    Raises
+    ------
+    PopsegError
+        After all positions were tried, if any failed (its message names them).
+    """
+    from .pipeline import run
+
+    positions = screen.positions
+    t0 = time.perf_counter()
+    summary: dict[str, Any] = {"positions": {}, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    failed = []
+    echo(f"screen: {len(positions)} position(s)")
+    for i, pos in enumerate(positions, 1):
+        update: dict[str, Any] = {"input": pos.input, "output": None if in_place else pos.output, **pos.overrides}
+        cfg = config.model_copy(update=update)
+        echo(f"[{i}/{len(positions)}] {pos.name}")
+        try:
+            rec = run(cfg, client=client, overwrite=overwrite, in_place=in_place, progress=progress, echo=echo)
+        except PopsegError as err:
+            failed.append(pos.name)
+            summary["positions"][pos.name] = {"status": "failed", "error": str(err), "input": str(pos.input)}
+            echo(f"  {pos.name}: error: {err}")
+            continue
+        summary["positions"][pos.name] = {
+            "status": "up to date" if rec.get("up_to_date") else "done", "output": rec.get("output"),
+            "frames_computed": 0 if rec.get("up_to_date") else rec.get("frames_computed"),
+            "objects": {p: v.get("n_objects") for p, v in rec.get("populations", {}).items()},
+        }
+    summary["seconds"] = time.perf_counter() - t0
+    summary["failed"] = failed
+    if not in_place:
+        screen.root.mkdir(parents=True, exist_ok=True)
+        (screen.root / "screen.json").write_text(json.dumps(summary, indent=1, default=str))
+    if failed:
+        raise PopsegError(f"{len(failed)} of {len(positions)} position(s) failed ({', '.join(failed[:5])}"
+                          f"{', ...' if len(failed) > 5 else ''}); the others are complete — fix those inputs "
+                          "and run again to finish them (see screen.json)")
+    return summary
