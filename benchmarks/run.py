@@ -21,6 +21,16 @@ Usage::
     python benchmarks/run.py core [--frames 24] [--size 1024] [--repeats 3]
     python benchmarks/run.py tiles [--frames 50] [--size 2048] [--tiles 256 512 1024] [--repeats 1]
     python benchmarks/run.py models [--frames 16] [--size 512] [--repeats 3]
+    python benchmarks/run.py screen [--frames 100000] [--size 32]
+    python benchmarks/run.py celldetective [--frames 6] [--size 2048] [--celldetective-python PY]
+
+``celldetective``: the threshold pipeline against Celldetective 1.6.5's own
+``segment_frame_from_thresholds`` loop (run in its own venv, called as a subprocess), same configs,
+same 2048² frames: speed-up and whether the masks are identical.
+
+``screen``: one run over a very long movie of tiny frames (10^5 by default): throughput (frames/s,
+tasks/s) and the resident memory of the client process, which also hosts the embedded scheduler,
+sampled through the run — it must stay flat, since frames are submitted in a bounded window.
 """
 
 from __future__ import annotations
@@ -369,6 +379,159 @@ def _print_models(res: dict) -> None:
         print(f"    F1 vs truth: popseg {r['f1_vs_truth']['popseg']:.3f}, bare loop {r['f1_vs_truth']['bare loop']:.3f}")
 
 
+def bench_screen(frames: int, size: int) -> dict:
+    """Many small frames through one run: client (+ embedded scheduler) memory and throughput."""
+    import threading
+
+    import psutil
+    from distributed import Client, LocalCluster
+
+    from popseg_dask import load_config, run
+    from popseg_dask.synthetic import DEMO_CONFIG
+
+    proc = psutil.Process()
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        rng = np.random.default_rng(0)
+        t0 = time.perf_counter()
+        # one chunk per frame, as microscopy movies are stored (10^5 chunk files)
+        arr = zarr.create_array(str(tmp / "many.zarr"), shape=(frames, 1, size, size), chunks=(1, 1, size, size),
+                                dtype=np.uint16)
+        yy, xx = np.mgrid[:size, :size]
+        blob = ((yy - size / 2) ** 2 + (xx - size / 2) ** 2 < (size / 4) ** 2) * 800
+        for a in range(0, frames, 1000):
+            b = min(frames, a + 1000)
+            arr[a:b, 0] = (rng.normal(100, 10, (b - a, size, size)) + blob).astype(np.uint16)
+        write_s = time.perf_counter() - t0
+        pop = {**DEMO_CONFIG["populations"]["targets"], "channel": "nuclei", "tile": "none"}
+        cfg = {"input": "many.zarr", "dims": "tcyx", "channels": ["nuclei"], "output": "many.out.zarr",
+               "populations": {"cells": pop}}
+        (tmp / "many.yaml").write_text(yaml.safe_dump(cfg))
+        samples: list[tuple[float, float]] = []
+        stop = threading.Event()
+
+        def sample():
+            while not stop.is_set():
+                samples.append((time.perf_counter(), proc.memory_info().rss / 2**20))
+                stop.wait(0.5)
+
+        with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
+                Client(cluster) as client:
+            rss0 = proc.memory_info().rss / 2**20
+            th = threading.Thread(target=sample, daemon=True)
+            th.start()
+            t1 = time.perf_counter()
+            rec = run(load_config(tmp / "many.yaml"), client=client)
+            wall = time.perf_counter() - t1
+            stop.set()
+            th.join()
+        rss = [r for _, r in samples]
+        n = len(rss)
+        tasks = frames * 3  # tile, merge, numbering per frame (no statistics tasks for this config)
+        return {
+            "benchmark": "screen", "frames": frames, "size": size, "write_s": write_s, "wall_s": wall,
+            "timings": rec["timings"], "objects": rec["populations"]["cells"]["n_objects"],
+            "frames_per_s": frames / wall, "tasks": tasks, "tasks_per_s": tasks / wall,
+            "client_rss_mb": {"before": rss0, "peak": max(rss), "at_10%": rss[n // 10], "at_50%": rss[n // 2],
+                              "at_90%": rss[(9 * n) // 10]},
+        }
+
+
+CD_VENV = Path(__file__).parent / ".venv-celldetective"
+
+_CD_LOOP = r"""
+import json, os, sys, time
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+import numpy as np
+from celldetective.segmentation import segment_frame_from_thresholds
+frames = np.load(sys.argv[1])                     # (t, y, x, c), as Celldetective holds a stack
+cfgs = json.loads(open(sys.argv[2]).read())       # population -> segment_frame_from_thresholds kwargs
+segment_frame_from_thresholds(frames[0][:64, :64].copy(), **next(iter(cfgs.values())))  # warm-up
+t0 = time.perf_counter()
+out = {name: np.stack([segment_frame_from_thresholds(f.copy(), **kw) for f in frames]) for name, kw in cfgs.items()}
+seconds = time.perf_counter() - t0
+np.savez_compressed(sys.argv[3], **out)
+print(json.dumps({"seconds": seconds}))
+"""
+
+
+def _celldetective_python(given: str | None) -> str:
+    """Celldetective 1.6.5 in its own venv (created here once; none of its code enters this project)."""
+    import subprocess
+
+    if given:
+        return given
+    py = CD_VENV / "bin" / "python"
+    if not py.exists():
+        print(f"installing celldetective 1.6.5 into {CD_VENV} (once) ...", flush=True)
+        subprocess.run([sys.executable, "-m", "venv", str(CD_VENV)], check=True)
+        subprocess.run([str(py), "-m", "pip", "install", "--quiet", "celldetective==1.6.5"], check=True)
+    return str(py)
+
+
+def bench_celldetective(frames: int, size: int, repeats: int, cd_python: str | None) -> dict:
+    """popseg's threshold pipeline vs Celldetective's own segment_frame_from_thresholds, same configs."""
+    import subprocess
+
+    from distributed import Client, LocalCluster
+
+    from popseg_dask.io.images import write_ome_zarr_image
+    from popseg_dask.stitch import canonical_relabel
+    from popseg_dask.synthetic import DEMO_CONFIG, make_movie
+
+    py = _celldetective_python(cd_python)
+    density = size * size / (384 * 384)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        m = make_movie(n_frames=frames, size=size, n_targets=int(30 * density), n_effectors=int(10 * density), seed=2)
+        write_ome_zarr_image(tmp / "movie.ome.zarr", m.image, m.channels, pixel_size_um=m.pixel_size_um)
+        np.save(tmp / "frames.npy", np.moveaxis(m.image, 1, -1))
+        names = list(m.channels)
+        cd_cfg, pops = {}, {}
+        for pop, spec in DEMO_CONFIG["populations"].items():
+            cd_cfg[pop] = {"target_channel": names.index(spec["channel"]), "thresholds": spec["thresholds"],
+                           "filters": spec["filters"], "marker_min_distance": spec["marker_min_distance"],
+                           "marker_footprint_size": spec["marker_footprint_size"],
+                           "feature_queries": spec["feature_queries"], "do_watershed": spec["do_watershed"],
+                           "fill_holes": spec["fill_holes"]}
+            # Celldetective's global watershed tie-break, for identical masks (see README, Compatibility)
+            pops[pop] = {**spec, "watershed_ties": "celldetective"}
+        (tmp / "cd.json").write_text(json.dumps(cd_cfg))
+        cfg = {**DEMO_CONFIG, "populations": pops}
+        (tmp / "run.yaml").write_text(yaml.safe_dump(cfg))
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "QT_QPA_PLATFORM": "offscreen"}
+        clients = {n: Client(LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
+                                          dashboard_address=None)) for n in (1, 2)}
+        times: dict[str, list[float]] = {"celldetective (its loop, 1 core)": [], "popseg 1 worker": [],
+                                         "popseg 2 workers": []}
+        try:
+            for c in clients.values():
+                _popseg(tmp / "run.yaml", c)  # warm-up
+            for _ in range(repeats):
+                res = subprocess.run([py, "-c", _CD_LOOP, str(tmp / "frames.npy"), str(tmp / "cd.json"),
+                                      str(tmp / "cd.npz")], capture_output=True, text=True, env=env, check=True)
+                times["celldetective (its loop, 1 core)"].append(json.loads(res.stdout.strip().splitlines()[-1])["seconds"])
+                times["popseg 1 worker"].append(_popseg(tmp / "run.yaml", clients[1])[0])
+                times["popseg 2 workers"].append(_popseg(tmp / "run.yaml", clients[2])[0])
+        finally:
+            for c in clients.values():
+                cluster = c.cluster
+                c.close()
+                cluster.close()
+        identical = {}
+        with np.load(tmp / "cd.npz") as cd:
+            for pop in pops:
+                ours = zarr.open_array(str(tmp / "movie.popseg.zarr" / "labels" / pop / "0"), mode="r")[...]
+                identical[pop] = all(np.array_equal(canonical_relabel(cd[pop][t])[0], canonical_relabel(ours[t])[0])
+                                     for t in range(frames))
+    med = {k: statistics.median(v) for k, v in times.items()}
+    cd_s = med["celldetective (its loop, 1 core)"]
+    return {"benchmark": "celldetective", "movie": {"frames": frames, "size": size}, "repeats": repeats,
+            "seconds": times, "median_s": med, "identical_masks": identical,
+            "ratios": {"speed-up popseg 2 workers vs celldetective": cd_s / med["popseg 2 workers"],
+                       "speed-up popseg 1 worker vs celldetective (same core)": cd_s / med["popseg 1 worker"]}}
+
+
 def _machine() -> dict:
     import dask
 
@@ -384,12 +547,41 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int)
     p.add_argument("--tiles", type=int, nargs="+", default=[256, 512, 1024])
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results", help="folder for the JSON")
+    p.add_argument("--celldetective-python", help="python of a venv with celldetective==1.6.5 "
+                   "(default: benchmarks/.venv-celldetective, created on first use)")
     a = p.parse_args(argv)
     names = a.names or ["core"]
-    unknown = set(names) - {"core", "tiles", "models"}
+    unknown = set(names) - {"core", "tiles", "models", "screen", "celldetective"}
     if unknown:
-        p.error(f"unknown benchmark(s) {sorted(unknown)}; available: core, tiles, models")
+        p.error(f"unknown benchmark(s) {sorted(unknown)}; available: core, tiles, models, screen, celldetective")
     a.out.mkdir(parents=True, exist_ok=True)
+    if "celldetective" in names:
+        res = bench_celldetective(a.frames or 6, a.size or 2048, a.repeats or 2, a.celldetective_python)
+        res["machine"] = _machine()
+        print(f"celldetective: {res['movie']['frames']} frames of {res['movie']['size']}², 2 populations; "
+              f"median of {res['repeats']}; identical masks: {res['identical_masks']}")
+        for k, v in res["median_s"].items():
+            print(f"  {k:34s} {v:8.2f} s")
+        for k, v in res["ratios"].items():
+            print(f"  {k:52s} {v:5.2f}")
+        (a.out / "celldetective.json").write_text(json.dumps(res, indent=2))
+        print(f"written {a.out / 'celldetective.json'}")
+        names = [n for n in names if n != "celldetective"]
+        if not names:
+            return 0
+    if "screen" in names:
+        res = bench_screen(a.frames or 100_000, a.size or 32)
+        res["machine"] = _machine()
+        m = res["client_rss_mb"]
+        print(f"screen: {res['frames']} frames of {res['size']}x{res['size']}, 1 population, 2 workers: "
+              f"{res['wall_s']:.0f} s, {res['frames_per_s']:.0f} frames/s, {res['tasks_per_s']:.0f} tasks/s; "
+              f"client+scheduler RSS MB: before {m['before']:.0f}, at 10% {m['at_10%']:.0f}, 50% {m['at_50%']:.0f}, "
+              f"90% {m['at_90%']:.0f}, peak {m['peak']:.0f}")
+        (a.out / "screen.json").write_text(json.dumps(res, indent=2))
+        print(f"written {a.out / 'screen.json'}")
+        names = [n for n in names if n != "screen"]
+        if not names:
+            return 0
     if "models" in names:
         res = bench_models(a.frames or 16, a.size or 512, a.repeats or 3)
         res["machine"] = _machine()

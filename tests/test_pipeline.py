@@ -164,3 +164,23 @@ def test_tiled_runs_equal_untiled_for_any_worker_count(demo_dir, client2, tmp_pa
     for p in ("targets", "effectors"):
         assert np.array_equal(outs["untiled.zarr"][p], outs["t64-2w.zarr"][p])
         assert np.array_equal(outs["untiled.zarr"][p], outs["t96-1w.zarr"][p])
+
+
+def test_run_uses_its_own_client_when_the_default_client_is_gone(demo_dir):
+    """A process whose default Dask client is gone (notebooks, tests that made and closed others)
+    must not leave a run waiting on no loop: dask's as_completed falls back to the default client."""
+    import subprocess
+    import sys
+
+    script = demo_dir / "no_default.py"
+    script.write_text(
+        "from distributed import Client, LocalCluster\n"
+        "from popseg_dask.config import load_config\n"
+        "from popseg_dask.pipeline import run\n"
+        "if __name__ == '__main__':\n"
+        "    with LocalCluster(n_workers=1, threads_per_worker=1, dashboard_address=None) as c, \\\n"
+        "            Client(c, set_as_default=False) as client:\n"
+        f"        rec = run(load_config({str(demo_dir / 'run.yaml')!r}), client=client)\n"
+        "        print('complete', rec['complete'])\n")
+    res = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=180)
+    assert res.returncode == 0 and "complete True" in res.stdout, res.stderr[-2000:]

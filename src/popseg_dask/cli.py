@@ -154,6 +154,31 @@ def _cmd_train(args) -> int:
     return 0
 
 
+def _cmd_bench(args) -> int:
+    from .calibrate import calibrate
+    from .config import load_config
+
+    res = calibrate(load_config(args.config), frames=args.frames, tiles=args.tiles)
+    if args.json:
+        print(json.dumps(res, indent=1))
+        return 0
+    m, mv = res["machine"], res["movie"]
+    print(f"machine: {m['cores']} core(s), {m['free_memory_mb']} MB free, {m['gpus']} GPU(s); "
+          f"movie: {mv['frames']} frames of {mv['shape'][0]}x{mv['shape'][1]}; timed frames {mv['timed_frames']}")
+    print(f"{'population':16s} {'tile':>6s} {'s/frame':>9s} {'frames/s':>9s} {'task MB':>8s} {'objects':>8s}")
+    for name, pop in res["populations"].items():
+        for tile, v in pop["variants"].items():
+            print(f"{name:16s} {tile:>6s} {v['s_per_frame']:9.3f} {1 / max(v['s_per_frame'], 1e-9):9.2f} "
+                  f"{v['peak_task_mb']:8.0f} {v['objects_per_frame']:8.0f}")
+    r = res["recommendation"]
+    tiles = ", ".join(f"{k}: {v}" for k, v in r["tile"].items())
+    print(f"recommended: --workers {r['workers']} (threads per worker {r['threads_per_worker']}, "
+          f"about {r['memory_per_worker_mb']} MB each); tile per population: {tiles}"
+          + (f"; --gpu-workers {r['gpu_workers']}" if r.get("gpu_workers") else ""))
+    print(f"estimated segmentation time for the movie: {r['estimated_s'] / 60:.1f} min ({r['why']})")
+    return 0
+
+
 def _print_summary(record: dict, where) -> None:
     if record.get("up_to_date"):
         return
@@ -319,6 +344,13 @@ def _parser() -> argparse.ArgumentParser:
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--overwrite", action="store_true")
     tr.set_defaults(func=_cmd_train)
+
+    b = sub.add_parser("bench", help="time a few frames of your movie and recommend tiles and workers")
+    b.add_argument("config", help="YAML configuration (nothing is written)")
+    b.add_argument("--frames", type=int, default=3, help="frames to time, evenly spaced")
+    b.add_argument("--tiles", type=int, nargs="*", help="tile sizes to try besides whole frames")
+    b.add_argument("--json", action="store_true", help="print the measurements and advice as JSON")
+    b.set_defaults(func=_cmd_bench)
 
     d = sub.add_parser("demo", help="segment a synthetic two-population movie and score it")
     d.add_argument("--out", default="demo-output", help="folder for the movie, config and labels")

@@ -15,6 +15,11 @@ Per population and frame:
 Ids are therefore unique across the movie, ordered by (frame, first pixel), and the output is
 bitwise identical whatever the tile size, the number of workers or the order tasks ran in. The run
 record in the output's root attributes says ``complete: true`` only after the last write.
+
+Submission is progressive: each frame (or a few small untiled frames) is one small graph, and at
+most two per worker thread are in flight, so a movie of 10^5 frames never becomes one giant graph.
+A frame counts as done once its merge task has recorded it in the output's ledger
+(:mod:`popseg_dask.io.ledger`); a re-run of the same config skips recorded frames.
 """
 
 from __future__ import annotations
@@ -40,7 +45,7 @@ from .io.ledger import Ledger, fingerprint
 from .io.movie import open_movie
 from .segmenters import Segmenter, TileGrid, build_segmenter
 from .stitch import frame_offsets, label_dtype_for
-from .tasks import (FrameSource, _frame_stats_task, _merge_task, _number_task, _prov_dtype, _reduce_stats_task,
+from .tasks import (FrameSlicer, FrameSource, _frame_stats_task, _whole_frames_task, _merge_task, _number_task, _prov_dtype, _reduce_stats_task,
                     _tile_stats_task, _tile_task, segment_frame)
 from .tiling import TilePlan, plan_tiles
 
@@ -228,7 +233,9 @@ def _run_progressively(client, units, build: Callable, window: int, on_result: C
 
     it = iter(units)
     pending: dict[str, Any] = {}
-    ac = as_completed()
+    # this client's loop: as_completed otherwise takes the *default* client's, which in a process
+    # that made other clients (tests, notebooks) may be another, closed one — and waits forever
+    ac = as_completed(with_results=True, loop=client.loop)
 
     def submit() -> bool:
         unit = next(it, None)
@@ -243,9 +250,9 @@ def _run_progressively(client, units, build: Callable, window: int, on_result: C
         if not submit():
             break
     try:
-        for fut in ac:
+        for fut, result in ac:
             unit, _ = pending.pop(fut.key)
-            on_result(unit, fut.result())
+            on_result(unit, result)
             fut.release()
             submit()
     finally:
@@ -320,10 +327,11 @@ def _fingerprint(plan: RunPlan) -> str:
     })
 
 
-def _window(client, jobs: list[PopulationJob]) -> int:
-    """Frames in flight: enough to keep every worker thread busy, few enough to bound memory."""
+def _window(client, jobs: list[PopulationJob]) -> tuple[int, int]:
+    """Tasks in flight (enough to keep every worker thread busy, few enough to bound memory) and
+    the cluster's worker threads."""
     threads = sum(w.get("nthreads", 1) for w in client.scheduler_info().get("workers", {}).values())
-    return max(4, 2 * threads)
+    return max(4, 2 * threads), max(1, threads)
 
 
 def _run_with(client, plan: RunPlan, overwrite: bool, t0: float, progress: bool,
@@ -359,7 +367,7 @@ def _run_with(client, plan: RunPlan, overwrite: bool, t0: float, progress: bool,
     echo(f"movie: {n_t} frames of {n_y}x{n_x}, channels {list(map(str, movie.c.values))}; "
          f"populations: {', '.join(j.name for j in plan.jobs)}; output: {plan.output}")
     timings: dict[str, float] = {"plan_s": time.perf_counter() - t0}
-    window = _window(client, plan.jobs)
+    window, threads = _window(client, plan.jobs)
 
     # Pass 1: frame statistics, tiles, merges — every frame of every population not yet recorded.
     t1 = time.perf_counter()
@@ -378,48 +386,73 @@ def _run_with(client, plan: RunPlan, overwrite: bool, t0: float, progress: bool,
             refs = {t: data[t] for t in seg.reference_frames()}
             stats0 = client.compute(dask.delayed(seg.movie_stats, pure=True)(refs), optimize_graph=False).result()
         built[job.name] = (scratch, aux, stats0)
-        units += [(job, t) for t in todo[job.name]]
-    n_total, n_todo = n_t * len(plan.jobs), len(units)
+        # Untiled small frames go several to a task (up to 64, or 2^20 pixels): the scheduler's
+        # cost per task, not the segmentation, bounds the throughput of a screen of tiny frames.
+        # Never fewer than 4 tasks per worker thread, so short movies still use every worker.
+        per_task = max(1, min(64, (1 << 20) // max(1, n_y * n_x), n_t // (4 * threads))) if tiles.untiled else 1
+        ts = todo[job.name]
+        units += [(job, ts[i:i + per_task]) for i in range(0, len(ts), per_task)]
+    n_total, n_todo = n_t * len(plan.jobs), sum(len(ts) for _, ts in units)
     if n_todo < n_total:
         echo(f"resuming: {n_total - n_todo} of {n_total} frame(s) already segmented; segmenting the other {n_todo}")
     stats_by_pop = {j.name: {"regions": 0, "copied": 0, "whole_frame": 0, "tile_s": 0.0, "merge_s": 0.0,
                              "frames_computed": 0} for j in plan.jobs}
 
+    slicer = FrameSlicer(movie.data) if units else None
+
     def build(unit):
-        job, t = unit
+        # Every key is named here: hashing the arguments (dask's default) pickles the segmenter and
+        # the frame's graph once per frame, which dominated the client's time on long movies.
+        job, ts = unit
         seg, tiles = job.segmenter, job.tiles
         scratch, aux, stats0 = built[job.name]
+        # a key of its own per unit: a key shared by graphs submitted at different times can be
+        # released by one while another still waits on it
+        seg_d = dask.delayed(seg, name=f"segmenter-{job.name}-t{ts[0]}-{run_id}", traverse=False)
+        label = movie.attrs['source']['path']
+        if tiles.untiled:  # whole frames, one or several per task: statistics computed inside
+            (tile,) = tiles
+            srcs = [FrameSource(slicer.frame(t, job.channel_index), f"frame {t} of {label}") for t in ts]
+            with (dask.annotate(resources=seg.resources) if seg.resources else contextlib.nullcontext()):
+                return dask.delayed(_whole_frames_task)(
+                    srcs, ts, stats0, seg_d, tile, scratch, aux, tiles, (str(ledger.root), job.name),
+                    dask_key_name=f"whole-{job.name}-t{ts[0]}-{run_id}")
+        (t,) = ts
         grid = TileGrid((n_y, n_x), tiles.tile)
-        seg_d = dask.delayed(seg, pure=True, traverse=False)
-        src = dask.delayed(FrameSource(movie.data[t, job.channel_index],
-                                       f"frame {t} of {movie.attrs['source']['path']}"), pure=True, traverse=False)
-        stats = dask.delayed(_frame_stats_task, pure=True)(src, stats0, seg_d) if seg.needs_frame_stats else stats0
+        tag = f"{job.name}-t{t}-{run_id}"
+        src = dask.delayed(FrameSource(slicer.frame(t, job.channel_index),
+                                       f"frame {t} of {movie.attrs['source']['path']}"),
+                           name=f"frame-{tag}", traverse=False)
+        stats = dask.delayed(_frame_stats_task)(src, stats0, seg_d, dask_key_name=f"stats-{tag}") \
+            if seg.needs_frame_stats else stats0
         if seg.needs_tile_stats and not tiles.untiled:  # a whole frame computes its own
-            parts = [dask.delayed(_tile_stats_task, pure=False)(src, stats, seg_d, tile, aux, t) for tile in tiles]
-            stats = dask.delayed(_reduce_stats_task, pure=True)(parts, stats, seg_d, grid)
+            parts = [dask.delayed(_tile_stats_task)(src, stats, seg_d, tile, aux, t,
+                                                    dask_key_name=f"tilestats-{tag}-{tile.index[0]}.{tile.index[1]}")
+                     for tile in tiles]
+            stats = dask.delayed(_reduce_stats_task)(parts, stats, seg_d, grid, dask_key_name=f"reduce-{tag}")
         with (dask.annotate(resources=seg.resources) if seg.resources else contextlib.nullcontext()):
             # readable keys (dashboard, task stream); the run id keeps runs on one cluster apart
-            results = [dask.delayed(_tile_task, pure=False)(
+            results = [dask.delayed(_tile_task)(
                 src, stats, seg_d, tile, scratch, t, aux, tiles,
                 dask_key_name=f"tile-{job.name}-t{t}-{tile.index[0]}.{tile.index[1]}-{run_id}")
                 for tile in tiles]
-            return dask.delayed(_merge_task, pure=False)(
+            return dask.delayed(_merge_task)(
                 src, stats, seg_d, results, scratch, t, tiles.tile, aux, (str(ledger.root), job.name),
                 dask_key_name=f"merge-{job.name}-t{t}-{run_id}")
 
     bar = _Progress("segmenting", n_todo, progress)
 
     def took(unit, result):
-        job, _ = unit
-        _, info = result
+        job, ts = unit
         agg = stats_by_pop[job.name]
-        agg["regions"] += info["regions"]
-        agg["copied"] += info.get("copied", 0)
-        agg["whole_frame"] += int(info["whole_frame"])
-        agg["tile_s"] += info["tile_s"]
-        agg["merge_s"] += info["merge_s"]
-        agg["frames_computed"] += 1
-        bar.step()
+        for _, info in (result if isinstance(result, list) else [result]):
+            agg["regions"] += info["regions"]
+            agg["copied"] += info.get("copied", 0)
+            agg["whole_frame"] += int(info["whole_frame"])
+            agg["tile_s"] += info["tile_s"]
+            agg["merge_s"] += info["merge_s"]
+            agg["frames_computed"] += 1
+        bar.step(len(ts))
 
     if n_todo:
         echo(f"segmenting {n_todo} frame(s) of {len(plan.jobs)} population(s) "
@@ -447,7 +480,10 @@ def _run_with(client, plan: RunPlan, overwrite: bool, t0: float, progress: bool,
             scale=movie.attrs["scale"], unit_to_um=movie.attrs["source"].get("unit_to_um"),
             keep=state != "fresh"), offsets, dtype)
         numbered = ledger.numbered(job.name, n_t)
-        number_units += [(job, t) for t in range(n_t) if not numbered[t]]
+        missing = [t for t in range(n_t) if not numbered[t]]
+        # numbering is cheap: batch small frames (up to 64 frames or 2^26 pixels per task)
+        per_task = max(1, min(64, (1 << 26) // max(1, n_y * n_x)))
+        number_units += [(job, missing[i:i + per_task]) for i in range(0, len(missing), per_task)]
         tile_s = sum(i["tile_s"] for i in infos)
         merge_s = sum(i["merge_s"] for i in infos)
         per_pop[job.name] = {
@@ -465,15 +501,15 @@ def _run_with(client, plan: RunPlan, overwrite: bool, t0: float, progress: bool,
     windows = [(y0, min(n_y, y0 + cy), x0, min(n_x, x0 + cx)) for y0 in range(0, n_y, cy) for x0 in range(0, n_x, cx)]
 
     def build_number(unit):
-        job, t = unit
+        job, ts = unit
         final, offsets, dtype = finals[job.name]
-        return dask.delayed(_number_task, pure=False)(
-            str(store.scratch_path(job.name)), final, t, windows, str(ledger.root), job.name, int(offsets[t]),
-            dtype.str, dask_key_name=f"number-{job.name}-t{t}-{run_id}")
+        return dask.delayed(_number_task)(
+            str(store.scratch_path(job.name)), final, ts, windows, str(ledger.root), job.name,
+            [int(offsets[t]) for t in ts], dtype.str, dask_key_name=f"number-{job.name}-t{ts[0]}-{run_id}")
 
-    bar = _Progress("numbering", len(number_units), progress)
+    bar = _Progress("numbering", sum(len(ts) for _, ts in number_units), progress)
     try:
-        _run_progressively(client, number_units, build_number, window, lambda u, r: bar.step())
+        _run_progressively(client, number_units, build_number, window, lambda u, r: bar.step(len(u[1])))
     finally:
         bar.close()
     timings["number_s"] = time.perf_counter() - t2

@@ -22,7 +22,7 @@ from .stitch import (cluster_boxes, clusters, compact_ids, group_boxes, number_f
                      provisional_ids, resolved_clusters)
 from .tiling import Tile, TilePlan, plan_tiles
 
-__all__ = ["FrameSource", "TileResult", "segment_frame"]
+__all__ = ["FrameSource", "FrameSlicer", "TileResult", "segment_frame"]
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +66,40 @@ class FrameSource:
                 _FRAME_CACHE[self.arr.name] = full
             return full[:, y0:y1, x0:x1]
         return np.asarray(self.arr[:, y0:y1, x0:x1].compute(scheduler="sync", optimize_graph=False))
+
+
+class FrameSlicer:
+    """Cut one frame's small graph out of a movie's dask array in time proportional to the frame.
+
+    ``movie[t]`` on a dask array of 10^5 chunks, then optimising it, walks the whole graph: 80 ms
+    per frame, hours for a long movie. Here the graph is materialised once and each frame's
+    chunks are culled from it, so a frame costs what its own chunks cost.
+    """
+
+    def __init__(self, arr):
+        from dask.optimization import cull
+
+        self.arr = arr
+        self._cull = cull
+        self.dsk = dict(arr.__dask_graph__())
+        self.t_starts = np.cumsum((0,) + tuple(arr.chunks[0]))
+
+    def frame(self, t: int, channels):
+        """The dask array ``arr[t, channels]`` with only the chunks it needs in its graph."""
+        import itertools
+
+        import dask.array as da
+
+        arr = self.arr
+        i = int(np.searchsorted(self.t_starts, t, side="right") - 1)
+        rests = list(itertools.product(*(range(len(c)) for c in arr.chunks[1:])))
+        sub, _ = self._cull(self.dsk, [(arr.name, i, *rest) for rest in rests])
+        # the block row becomes row 0 of a one-row array: alias its keys under a new name
+        name = f"{arr.name}-t{t}"
+        for rest in rests:
+            sub[(name, 0, *rest)] = (arr.name, i, *rest)
+        block = da.Array(sub, name, chunks=((arr.chunks[0][i],), *arr.chunks[1:]), meta=arr._meta)
+        return block[t - int(self.t_starts[i])][channels]
 
 
 @dataclass
@@ -297,10 +331,36 @@ def _merge_task(source: FrameSource, stats: Any, segmenter: Segmenter, results: 
     return anchors, info
 
 
+_ARRAYS: dict[tuple[str, str], tuple[tuple, Any]] = {}
+
+
 def _open_array(a, mode: str):
+    """A Zarr array by path, opened once per worker process while its metadata file is unchanged.
+
+    Opening reads and parses the metadata (milliseconds); with thousands of small frames per
+    run that was most of a task's time. A re-created array (a new run in the same place) has a
+    new metadata file, so it is opened again.
+    """
+    import os
+
     import zarr
 
-    return zarr.open_array(a, mode=mode) if isinstance(a, str) else a
+    if not isinstance(a, str):
+        return a
+    meta = os.path.join(a, "zarr.json")
+    try:
+        st = os.stat(meta if os.path.exists(meta) else os.path.join(a, ".zarray"))
+        stamp = (st.st_mtime_ns, st.st_ino, st.st_size)
+    except OSError:
+        return zarr.open_array(a, mode=mode)
+    hit = _ARRAYS.get((a, mode))
+    if hit is not None and hit[0] == stamp:
+        return hit[1]
+    arr = zarr.open_array(a, mode=mode)
+    if len(_ARRAYS) > 64:
+        _ARRAYS.clear()
+    _ARRAYS[(a, mode)] = (stamp, arr)
+    return arr
 
 
 def segment_frame(segmenter: Segmenter, frame: np.ndarray, tile=None, halo: int | None = None,
@@ -348,18 +408,31 @@ def segment_frame(segmenter: Segmenter, frame: np.ndarray, tile=None, halo: int 
     return number_from_provisional(scratch[0], anchors, 0), info
 
 
-def _number_task(scratch: str, final: str, t: int, windows, ledger: str, population: str, offset: int,
-                 dtype: str) -> int:
-    """Write frame ``t``'s final ids (chunk by chunk) from its recorded anchors, then mark it numbered."""
+def _number_task(scratch: str, final: str, ts: list[int], windows, ledger: str, population: str,
+                 offsets: list[int], dtype: str) -> int:
+    """Write frames ``ts``' final ids (chunk by chunk) from their recorded anchors, marking each numbered."""
     from .io.ledger import Ledger
 
     led = Ledger(ledger)
-    anchors, _ = led.load_frame(population, t)
     src, dst = _open_array(scratch, "r"), _open_array(final, "r+")
-    for y0, y1, x0, x1 in windows:
-        dst[t, y0:y1, x0:x1] = number_from_provisional(src[t, y0:y1, x0:x1], anchors, offset, np.dtype(dtype))
-    led.mark_numbered(population, t)
-    return t
+    for t, offset in zip(ts, offsets):
+        anchors, _ = led.load_frame(population, t)
+        for y0, y1, x0, x1 in windows:
+            dst[t, y0:y1, x0:x1] = number_from_provisional(src[t, y0:y1, x0:x1], anchors, offset, np.dtype(dtype))
+        led.mark_numbered(population, t)
+    return len(ts)
+
+
+def _whole_frames_task(sources: list[FrameSource], ts: list[int], stats0: Any, segmenter: Segmenter, tile: Tile,
+                       scratch: str, aux, plan: TilePlan, record) -> list:
+    """Untiled frames, one after the other: statistics, the one tile and the merge of each, in one
+    task (nothing travels between them). Each frame is recorded as soon as it is written."""
+    out = []
+    for source, t in zip(sources, ts):
+        stats = _frame_stats_task(source, stats0, segmenter)
+        result = _tile_task(source, stats, segmenter, tile, scratch, t, aux, plan)
+        out.append(_merge_task(source, stats, segmenter, [result], scratch, t, plan.tile, aux, record))
+    return out
 
 
 def _prov_dtype(Y: int, X: int) -> np.dtype:
