@@ -111,17 +111,28 @@ class RunConfig(Strict):
 
 def validation_message(err: ValidationError, where: str = "") -> str:
     """One line naming every bad key and what is wrong with it."""
-    parts = []
+    parts, seen = [], set()
     for e in err.errors():
-        loc = ".".join(str(x) for x in (where, *e["loc"]) if x != "")
+        # a union (tile: auto | none | int | [ty, tx]) reports each alternative: name the key once
+        keys = [str(x) for x in (where, *e["loc"]) if x != "" and not _is_union_branch(x)]
+        loc = ".".join(keys)
         if e["type"] == "extra_forbidden":
             parts.append(f"unknown key '{loc}' (check its spelling; see the config reference in README.md)")
         elif e["type"] == "missing":
             parts.append(f"missing required key '{loc}'")
-        else:
+        elif loc not in seen:
             msg = e["msg"].removeprefix("Value error, ")
-            parts.append(f"'{loc}': {msg} (got {e.get('input')!r})")
+            got = repr(e.get("input"))
+            got = got if len(got) <= 60 else got[:57] + "..."  # a whole population's keys say nothing more
+            parts.append(f"'{loc}': {msg} (got {got})")
+        seen.add(loc)
     return "; ".join(parts)
+
+
+def _is_union_branch(part) -> bool:
+    s = str(part)
+    return s in ("int", "float", "str", "bool", "none") or s.startswith(
+        ("literal[", "tuple[", "list[", "dict[", "function-"))
 
 
 def _yaml_inf(data: Any) -> Any:
