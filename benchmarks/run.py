@@ -23,10 +23,15 @@ Usage::
     python benchmarks/run.py models [--frames 16] [--size 512] [--repeats 3]
     python benchmarks/run.py screen [--frames 100000] [--size 32]
     python benchmarks/run.py celldetective [--frames 6] [--size 2048] [--celldetective-python PY]
+    python benchmarks/run.py daskimage [--frames 6] [--size 2048]
 
 ``celldetective``: the threshold pipeline against Celldetective 1.6.5's own
 ``segment_frame_from_thresholds`` loop (run in its own venv, called as a subprocess), same configs,
 same 2048² frames: speed-up and whether the masks are identical.
+
+``daskimage``: the nuclei population as popseg segments it (threshold, watershed, queries) vs
+dask-image's ``ndmeasure.label`` on the same smoothed, thresholded mask: seconds side by side and
+how many objects the connected components merge (against popseg's labels and the ground truth).
 
 ``screen``: one run over a very long movie of tiny frames (10^5 by default): throughput (frames/s,
 tasks/s) and the resident memory of the client process, which also hosts the embedded scheduler,
@@ -532,6 +537,66 @@ def bench_celldetective(frames: int, size: int, repeats: int, cd_python: str | N
                        "speed-up popseg 1 worker vs celldetective (same core)": cd_s / med["popseg 1 worker"]}}
 
 
+def _merged(coarse: np.ndarray, fine: np.ndarray) -> tuple[int, int]:
+    """Labels of ``coarse`` that hold two or more objects of ``fine``, and how many objects they swallow."""
+    m = (coarse > 0) & (fine > 0)
+    pairs = np.unique(np.stack([coarse[m], fine[m]]), axis=1)
+    ids, counts = np.unique(pairs[0], return_counts=True)
+    return int((counts > 1).sum()), int(counts[counts > 1].sum())
+
+
+def bench_daskimage(frames: int, size: int) -> dict:
+    """Instance labels from popseg vs connected components from dask-image's ndmeasure.label on the
+    same thresholded mask: throughput side by side, and how many objects the components merge."""
+    import dask.array as da
+    from dask_image import ndfilters, ndmeasure
+    from distributed import Client, LocalCluster
+
+    from popseg_dask.io.images import write_ome_zarr_image
+    from popseg_dask.synthetic import DEMO_CONFIG, make_movie
+
+    density = size * size / (384 * 384)
+    spec = DEMO_CONFIG["populations"]["targets"]
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        m = make_movie(n_frames=frames, size=size, n_targets=int(30 * density), n_effectors=int(10 * density), seed=4)
+        write_ome_zarr_image(tmp / "movie.ome.zarr", m.image, m.channels, pixel_size_um=m.pixel_size_um)
+        cfg = {**DEMO_CONFIG, "populations": {"targets": spec}}
+        (tmp / "run.yaml").write_text(yaml.safe_dump(cfg))
+        with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
+                Client(cluster) as client:
+            _popseg(tmp / "run.yaml", client)  # warm-up
+            ours_s = _popseg(tmp / "run.yaml", client)[0]
+            nuclei = da.from_zarr(str(tmp / "movie.ome.zarr" / "0"))[:, 0]
+            sigma = spec["filters"][0][1]
+            t0 = time.perf_counter()
+            smooth = ndfilters.gaussian_filter(nuclei.astype(np.float32), sigma=(0, sigma, sigma))
+            mask = smooth >= spec["thresholds"][0]
+            structure = np.zeros((3, 3, 3), bool)
+            structure[1] = True  # components within a frame, never across time
+            lab, n = ndmeasure.label(mask, structure=structure)
+            lab = lab.compute()
+            dask_s = time.perf_counter() - t0
+        ours = zarr.open_array(str(tmp / "movie.popseg.zarr" / "labels" / "targets" / "0"), mode="r")[...]
+        truth = m.truth["targets"]
+        merges_ours = [_merged(lab[t], ours[t]) for t in range(frames)]
+        merges_truth = [_merged(lab[t], truth[t]) for t in range(frames)]
+        ours_vs_truth = [_merged(ours[t], truth[t]) for t in range(frames)]
+        return {
+            "benchmark": "daskimage", "movie": {"frames": frames, "size": size},
+            "seconds": {"popseg (threshold + watershed + queries), 2 workers": ours_s,
+                        "dask-image gaussian + threshold + ndmeasure.label, 2 workers": dask_s},
+            "objects": {"popseg": int(sum(len(np.unique(o)) - 1 for o in ours)), "dask-image components": int(n),
+                        "truth": int(sum(len(np.unique(t)) - 1 for t in truth))},
+            "dask-image components holding >= 2 popseg objects": sum(a for a, _ in merges_ours),
+            "popseg objects swallowed by those": sum(b for _, b in merges_ours),
+            "dask-image components holding >= 2 true objects": sum(a for a, _ in merges_truth),
+            "true objects swallowed by those": sum(b for _, b in merges_truth),
+            "popseg objects holding >= 2 true objects": sum(a for a, _ in ours_vs_truth),
+            "true objects swallowed by those (popseg)": sum(b for _, b in ours_vs_truth),
+        }
+
+
 def _machine() -> dict:
     import dask
 
@@ -551,10 +616,20 @@ def main(argv=None) -> int:
                    "(default: benchmarks/.venv-celldetective, created on first use)")
     a = p.parse_args(argv)
     names = a.names or ["core"]
-    unknown = set(names) - {"core", "tiles", "models", "screen", "celldetective"}
+    unknown = set(names) - {"core", "tiles", "models", "screen", "celldetective", "daskimage"}
     if unknown:
-        p.error(f"unknown benchmark(s) {sorted(unknown)}; available: core, tiles, models, screen, celldetective")
+        p.error(f"unknown benchmark(s) {sorted(unknown)}; available: core, tiles, models, screen, celldetective, "
+                "daskimage")
     a.out.mkdir(parents=True, exist_ok=True)
+    if "daskimage" in names:
+        res = bench_daskimage(a.frames or 6, a.size or 2048)
+        res["machine"] = _machine()
+        print(json.dumps({k: v for k, v in res.items() if k != "machine"}, indent=1))
+        (a.out / "daskimage.json").write_text(json.dumps(res, indent=2))
+        print(f"written {a.out / 'daskimage.json'}")
+        names = [n for n in names if n != "daskimage"]
+        if not names:
+            return 0
     if "celldetective" in names:
         res = bench_celldetective(a.frames or 6, a.size or 2048, a.repeats or 2, a.celldetective_python)
         res["machine"] = _machine()
