@@ -24,6 +24,7 @@ Usage::
     python benchmarks/run.py screen [--frames 100000] [--size 32]
     python benchmarks/run.py celldetective [--frames 6] [--size 2048] [--celldetective-python PY]
     python benchmarks/run.py daskimage [--frames 6] [--size 2048]
+    python benchmarks/run.py memory [--frames 500] [--size 512]      # 50 vs --frames frames
 
 ``celldetective``: the threshold pipeline against Celldetective 1.6.5's own
 ``segment_frame_from_thresholds`` loop (run in its own venv, called as a subprocess), same configs,
@@ -597,6 +598,38 @@ def bench_daskimage(frames: int, size: int) -> dict:
         }
 
 
+def bench_memory(lengths: list[int], size: int) -> dict:
+    """Peak worker memory against movie length: each length on a fresh 2-worker cluster."""
+    from distributed import Client, LocalCluster
+
+    from popseg_dask import load_config, run
+    from popseg_dask.io.images import write_ome_zarr_image
+    from popseg_dask.synthetic import DEMO_CONFIG, make_movie
+
+    density = size * size / (384 * 384)
+    out: dict = {"benchmark": "memory", "size": size, "lengths": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        # cells drift off a synthetic frame within ~100 frames: longer movies repeat a 50-frame one
+        m = make_movie(n_frames=50, size=size, n_targets=int(30 * density), n_effectors=int(10 * density), seed=6)
+        for n in lengths:
+            image = np.concatenate([m.image] * (-(-n // 50)))[:n]
+            write_ome_zarr_image(tmp / f"m{n}.ome.zarr", image, m.channels, pixel_size_um=m.pixel_size_um)
+            (tmp / f"m{n}.yaml").write_text(yaml.safe_dump({**DEMO_CONFIG, "input": f"m{n}.ome.zarr",
+                                                           "output": f"m{n}.out.zarr"}))
+            with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
+                    Client(cluster) as client:
+                client.run(_start_rss_sampler)
+                t0 = time.perf_counter()
+                run(load_config(tmp / f"m{n}.yaml"), client=client)
+                wall = time.perf_counter() - t0
+                rss = _worker_peak_rss(client)
+            out["lengths"][str(n)] = {"wall_s": wall, "peak_rss_mb_per_worker": max(rss.values()) / 2**20}
+    peaks = [v["peak_rss_mb_per_worker"] for v in out["lengths"].values()]
+    out["longest_vs_shortest_peak"] = peaks[-1] / peaks[0]
+    return out
+
+
 def _machine() -> dict:
     import dask
 
@@ -616,11 +649,22 @@ def main(argv=None) -> int:
                    "(default: benchmarks/.venv-celldetective, created on first use)")
     a = p.parse_args(argv)
     names = a.names or ["core"]
-    unknown = set(names) - {"core", "tiles", "models", "screen", "celldetective", "daskimage"}
+    unknown = set(names) - {"core", "tiles", "models", "screen", "celldetective", "daskimage", "memory"}
     if unknown:
         p.error(f"unknown benchmark(s) {sorted(unknown)}; available: core, tiles, models, screen, celldetective, "
-                "daskimage")
+                "daskimage, memory")
     a.out.mkdir(parents=True, exist_ok=True)
+    if "memory" in names:
+        res = bench_memory([50, a.frames or 500], a.size or 512)
+        res["machine"] = _machine()
+        for n, v in res["lengths"].items():
+            print(f"memory: {n} frames of {res['size']}²: peak {v['peak_rss_mb_per_worker']:.0f} MB per worker, "
+                  f"{v['wall_s']:.1f} s")
+        print(f"longest / shortest peak: {res['longest_vs_shortest_peak']:.3f}")
+        (a.out / "memory.json").write_text(json.dumps(res, indent=2))
+        names = [n for n in names if n != "memory"]
+        if not names:
+            return 0
     if "daskimage" in names:
         res = bench_daskimage(a.frames or 6, a.size or 2048)
         res["machine"] = _machine()
