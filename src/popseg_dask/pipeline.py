@@ -17,7 +17,7 @@ bitwise identical whatever the tile size, the number of workers or the order tas
 record in the output's root attributes says ``complete: true`` only after the last write.
 
 Submission is progressive: each frame (or a few small untiled frames) is one small graph, and at
-most two per worker thread are in flight, so a movie of 10^5 frames never becomes one giant graph.
+most four per worker thread are in flight, so a movie of 10^5 frames never becomes one giant graph.
 A frame counts as done once its merge task has recorded it in the output's ledger
 (:mod:`popseg_dask.io.ledger`); a re-run of the same config skips recorded frames.
 """
@@ -331,7 +331,7 @@ def _window(client, jobs: list[PopulationJob]) -> tuple[int, int]:
     """Tasks in flight (enough to keep every worker thread busy, few enough to bound memory) and
     the cluster's worker threads."""
     threads = sum(w.get("nthreads", 1) for w in client.scheduler_info().get("workers", {}).values())
-    return max(4, 2 * threads), max(1, threads)
+    return max(8, 4 * threads), max(1, threads)
 
 
 def _run_with(client, plan: RunPlan, overwrite: bool, t0: float, progress: bool,
@@ -481,8 +481,9 @@ def _run_with(client, plan: RunPlan, overwrite: bool, t0: float, progress: bool,
             keep=state != "fresh"), offsets, dtype)
         numbered = ledger.numbered(job.name, n_t)
         missing = [t for t in range(n_t) if not numbered[t]]
-        # numbering is cheap: batch small frames (up to 64 frames or 2^26 pixels per task)
-        per_task = max(1, min(64, (1 << 26) // max(1, n_y * n_x)))
+        # numbering is cheap: batch small frames (up to 64 frames or 2^26 pixels per task), but keep
+        # at least 4 tasks per worker thread so that every worker numbers
+        per_task = max(1, min(64, (1 << 26) // max(1, n_y * n_x), len(missing) // (4 * threads)))
         number_units += [(job, missing[i:i + per_task]) for i in range(0, len(missing), per_task)]
         tile_s = sum(i["tile_s"] for i in infos)
         merge_s = sum(i["merge_s"] for i in infos)
