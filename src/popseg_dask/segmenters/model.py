@@ -27,6 +27,7 @@ import logging
 import math
 import os
 import threading
+from abc import abstractmethod
 from collections import Counter
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Literal, Sequence
@@ -186,17 +187,17 @@ class ModelSegmenter(Segmenter):
         return cls(p, channel_names, base_dir=base_dir, population=population, pixel_size_um=pixel_size_um)
 
     # -- what subclasses provide
+    @abstractmethod
     def inspect_model(self) -> dict[str, Any]:
         """From the folder's files: ``n_channels``, ``receptive_field`` (model px), ``align``."""
-        raise NotImplementedError
 
+    @abstractmethod
     def load_model(self) -> Any:
         """Build the network (called once per worker process)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def predict(self, model: Any, image: np.ndarray) -> np.ndarray:
         """Labels ``(y, x)`` of a scaled image ``(y, x, c)`` float32 at the model's resolution."""
-        raise NotImplementedError
 
     def model_scale(self, model: Any) -> float:
         """Zoom from movie pixels to the network's input grid (default: pixel sizes' ratio)."""
