@@ -169,3 +169,37 @@ def test_readmes_name_only_real_popseg_subcommands():
                 continue
             assert word in subs, f"{doc.name} mentions 'popseg {word}', which is not a subcommand"
     assert seen > 5
+
+
+def _worker_malloc_env(client) -> set:
+    return set(client.run(lambda: __import__("os").environ.get("MALLOC_TRIM_THRESHOLD_")).values())
+
+
+def test_embedded_workers_start_with_glibc_adaptive_malloc(monkeypatch):
+    """dask's MALLOC_TRIM_THRESHOLD_ (left in os.environ by any earlier nanny) stays out of
+    popseg's workers, and the client's environment is given back as it was."""
+    import os
+
+    from popseg_dask.cluster import open_client
+
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "65536")
+    with open_client(n_workers=1, gpu_workers=1, dashboard=False) as client:
+        assert _worker_malloc_env(client) == {None}
+    assert os.environ["MALLOC_TRIM_THRESHOLD_"] == "65536"
+
+
+def test_deploy_dask_config_unsets_the_malloc_trim_threshold(monkeypatch):
+    import dask.config
+    from distributed import Client, LocalCluster
+
+    monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_", raising=False)
+    def dotted(d, prefix=""):
+        for k, v in d.items():
+            yield from dotted(v, f"{prefix}{k}.") if isinstance(v, dict) else [(prefix + k, v)]
+
+    # merged into dask's defaults, as dask does with a file in ~/.config/dask
+    with dask.config.set(dict(dotted(yaml.safe_load((DEPLOY / "dask.yaml").read_text())))):
+        with LocalCluster(n_workers=1, processes=True, dashboard_address=None) as cluster, Client(cluster) as client:
+            assert _worker_malloc_env(client) == {None}
+    with LocalCluster(n_workers=1, processes=True, dashboard_address=None) as cluster, Client(cluster) as client:
+        assert _worker_malloc_env(client) == {"65536"}  # dask's own default, which the file undoes

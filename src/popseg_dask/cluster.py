@@ -14,9 +14,18 @@ from collections.abc import Iterator
 
 from .errors import PopsegError
 
-__all__ = ["open_client", "default_workers", "detect_gpus"]
+__all__ = ["open_client", "default_workers", "detect_gpus", "adaptive_malloc"]
 
 log = logging.getLogger(__name__)
+
+# glibc reads MALLOC_* once, when a process starts. dask's default pre-spawn-environ sets
+# MALLOC_TRIM_THRESHOLD_=65536 for every worker, and setting any threshold also freezes
+# glibc's mmap threshold at 128 KiB: every frame-sized temporary is then a fresh mmap,
+# page-faulted and unmapped again. That made segmentation 35-45 % slower in workers than in
+# a plain loop (benchmarks/RESULTS.md, "malloc"); glibc's adaptive thresholds cost about
+# 40 MB more resident memory per worker. A value the user exported before popseg started is
+# kept: only the one dask's nannies leave in os.environ is dropped.
+_USER_TRIM = os.environ.get("MALLOC_TRIM_THRESHOLD_")
 
 
 def default_workers() -> int:
@@ -128,7 +137,7 @@ def open_client(
     security : distributed.security.Security, optional
         TLS credentials for a ``tls://`` scheduler (see :func:`make_security`).
     """
-    from distributed import Client, LocalCluster
+    from distributed import Client
 
     if cluster and cluster not in ("local", "slurm", "slurm-runner"):
         if "://" not in cluster:
@@ -165,6 +174,22 @@ def open_client(
         raise PopsegError(f"--gpu-workers must be >= 0, got {n_gpu}")
     # without real devices (a CPU test of the placement), GPU workers are numbered 0, 1, ...
     ids = (gpus + [str(i) for i in range(len(gpus), n_gpu)])[:n_gpu]
+    with adaptive_malloc():
+        cluster = _local_cluster(n, n_gpu, gpus, ids, threads_per_worker, dashboard)
+    client = Client(cluster)
+    if n_gpu:
+        client.wait_for_workers(n + n_gpu, timeout=120)
+    try:
+        yield client
+    finally:
+        client.close()
+        cluster.close()
+
+
+def _local_cluster(n: int, n_gpu: int, gpus: list[str], ids: list[str], threads_per_worker: int,
+                   dashboard: bool):
+    from distributed import LocalCluster
+
     cluster = LocalCluster(
         n_workers=n,
         env={"CUDA_VISIBLE_DEVICES": ""} if n_gpu or gpus else {},
@@ -184,14 +209,26 @@ def open_client(
             opts = {**base, "resources": {"GPU": 1}, "env": {**(base.get("env") or {}), "CUDA_VISIBLE_DEVICES": dev}}
             cluster.worker_spec[f"gpu-{i}"] = {"cls": Nanny, "options": opts}
         cluster.sync(cluster._correct_state)
-    client = Client(cluster)
-    if n_gpu:
-        client.wait_for_workers(n + n_gpu, timeout=120)
+    return cluster
+
+
+@contextlib.contextmanager
+def adaptive_malloc() -> Iterator[None]:
+    """Start worker processes inside this block with glibc's adaptive malloc thresholds.
+
+    Nannies read their environment when they are created and put it into ``os.environ``
+    when they spawn, so both the dask config and the process environment are adjusted
+    for the duration of the block.
+    """
+    import dask.config
+
+    saved = os.environ.pop("MALLOC_TRIM_THRESHOLD_", None) if _USER_TRIM is None else None
     try:
-        yield client
+        with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": _USER_TRIM}):
+            yield
     finally:
-        client.close()
-        cluster.close()
+        if saved is not None:
+            os.environ["MALLOC_TRIM_THRESHOLD_"] = saved
 
 
 @contextlib.contextmanager
