@@ -1,0 +1,261 @@
+"""The threshold pipeline against the least any tool must do, and how it scales.
+
+``core``: a plain serial loop in one process (read frame, segment, renumber, write) against
+``popseg run`` with 1 worker, 2 workers, and 1 worker of 2 threads (threads vs processes).
+``malloc``: popseg's workers with dask's default ``MALLOC_TRIM_THRESHOLD_`` against popseg's
+(glibc's adaptive thresholds), side by side with the serial loop.
+``memory``: peak worker memory against movie length.
+``screen``: 10^5 tiny frames through one run: throughput and the client's memory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import yaml
+import zarr
+from common import (
+    cluster,
+    demo_movie,
+    medians,
+    popseg_run,
+    start_rss_sampler,
+    worker_peak_rss_mb,
+)
+
+
+def serial_baseline(movie_path: Path, cfg: dict, out: Path) -> float:
+    """Seconds for the plain loop: read a frame, segment, renumber, write uint32 labels."""
+    from popseg_dask.io.movie import open_movie
+    from popseg_dask.segmenters.threshold import ThresholdSegmenter
+    from popseg_dask.stitch import canonical_relabel
+
+    t0 = time.perf_counter()
+    movie = open_movie(movie_path)
+    names = [str(c) for c in movie.c.values]
+    arr = zarr.open_array(str(movie_path / "0"), mode="r")
+    for pop, spec in cfg["populations"].items():
+        seg = ThresholdSegmenter.from_config({k: v for k, v in spec.items() if k != "segmenter"}, names)
+        idx = [names.index(c) for c in seg.channels]
+        dst = zarr.create_array(store=str(out / pop), shape=(arr.shape[0], *arr.shape[2:]),
+                                chunks=(1, *arr.shape[2:]), dtype=np.uint32, overwrite=True)
+        offset = 0
+        for t in range(arr.shape[0]):
+            lab, n = canonical_relabel(seg(arr[t][idx]))
+            lab[lab > 0] += offset
+            dst[t] = lab
+            offset += n
+    return time.perf_counter() - t0
+
+
+def _same_as_serial(tmp: Path, cfg: dict) -> None:
+    # the serial loop and popseg must agree, or the comparison means nothing
+    for pop in cfg["populations"]:
+        a = zarr.open_array(str(tmp / "serial" / pop), mode="r")[...]
+        b = zarr.open_array(str(tmp / "movie.popseg.zarr" / "labels" / pop / "0"), mode="r")[...]
+        assert np.array_equal(a, b), f"popseg and the serial loop disagree on {pop}"
+
+
+def core(a) -> dict:
+    from popseg_dask.synthetic import DEMO_CONFIG
+
+    frames, size, repeats = a.frames or 24, a.size or 1024, a.repeats or 3
+    cfg = dict(DEMO_CONFIG)
+    variants = {"popseg 1 worker": (1, 1), "popseg 2 workers": (2, 1), "popseg 1 worker x 2 threads": (1, 2)}
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
+        tmp = Path(tmp)
+        demo_movie(tmp, frames, size, seed=1)
+        (tmp / "run.yaml").write_text(yaml.safe_dump(cfg))
+        clients, startup = {}, {}
+        for name, (n, th) in variants.items():
+            t0 = time.perf_counter()
+            clients[name] = stack.enter_context(cluster(n, th))
+            startup[name] = time.perf_counter() - t0
+            popseg_run(tmp / "run.yaml", clients[name])  # warm-up: workers import the stack once
+        times: dict[str, list[float]] = {"serial loop": [], **{k: [] for k in variants}}
+        for _ in range(repeats):
+            # interleaved so that machine noise hits every variant alike
+            times["serial loop"].append(serial_baseline(tmp / "movie.ome.zarr", cfg, tmp / "serial"))
+            for name, client in clients.items():
+                t, rec = popseg_run(tmp / "run.yaml", client)
+                times[name].append(t)
+        _same_as_serial(tmp, cfg)
+    med = medians(times)
+    return {
+        "movie": {"frames": frames, "size": size, "channels": 2, "populations": 2,
+                  "objects": {p: rec["populations"][p]["n_objects"] for p in cfg["populations"]}},
+        "repeats": repeats, "seconds": times, "cluster_startup_s": startup, "median_s": med,
+        "frames_per_s": {k: 2 * frames / v for k, v in med.items()},
+        "ratios": {
+            "popseg 1 worker / serial loop (time)": med["popseg 1 worker"] / med["serial loop"],
+            "speed-up 2 workers vs serial loop": med["serial loop"] / med["popseg 2 workers"],
+            "parallel efficiency 1 -> 2 workers": med["popseg 1 worker"] / (2 * med["popseg 2 workers"]),
+            "2 workers x 1 thread vs 1 worker x 2 threads (speed)":
+                med["popseg 1 worker x 2 threads"] / med["popseg 2 workers"],
+        },
+    }
+
+
+def show_core(res: dict) -> None:
+    mv = res["movie"]
+    print(f"core: {mv['frames']} frames of {mv['size']}², 2 populations, {mv['objects']} objects; "
+          f"median of {res['repeats']}")
+    for k, v in res["median_s"].items():
+        print(f"  {k:30s} {v:8.2f} s {res['frames_per_s'][k]:8.2f} frames/s")
+    for k, v in res["ratios"].items():
+        print(f"  {k:54s} {v:6.2f}")
+    print("  LocalCluster start-up (once per session, not in the figures): "
+          + ", ".join(f"{k} {v:.1f} s" for k, v in res["cluster_startup_s"].items()))
+
+
+def malloc(a) -> dict:
+    """popseg's worker environment against dask's default one, same movie, same run."""
+    from distributed import Client, LocalCluster
+
+    from popseg_dask.synthetic import DEMO_CONFIG
+
+    frames, size, repeats = a.frames or 24, a.size or 1024, a.repeats or 3
+    cfg = dict(DEMO_CONFIG)
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
+        tmp = Path(tmp)
+        demo_movie(tmp, frames, size, seed=1)
+        (tmp / "run.yaml").write_text(yaml.safe_dump(cfg))
+        ours = stack.enter_context(cluster(1))
+        # a LocalCluster as dask makes it: its nannies set MALLOC_TRIM_THRESHOLD_=65536
+        lc = stack.enter_context(LocalCluster(n_workers=1, threads_per_worker=1, processes=True,
+                                              dashboard_address=None))
+        dask_default = stack.enter_context(Client(lc))
+        clients = {"popseg 1 worker, dask's MALLOC_TRIM_THRESHOLD_": dask_default,
+                   "popseg 1 worker, glibc adaptive (popseg's)": ours}
+        env = {k: next(iter(c.run(lambda: os.environ.get("MALLOC_TRIM_THRESHOLD_")).values()))
+               for k, c in clients.items()}
+        for c in clients.values():
+            c.run(start_rss_sampler)
+            popseg_run(tmp / "run.yaml", c)
+        times: dict[str, list[float]] = {"serial loop": [], **{k: [] for k in clients}}
+        for _ in range(repeats):
+            times["serial loop"].append(serial_baseline(tmp / "movie.ome.zarr", cfg, tmp / "serial"))
+            for k, c in clients.items():
+                times[k].append(popseg_run(tmp / "run.yaml", c)[0])
+        peak = {k: worker_peak_rss_mb(c) for k, c in clients.items()}
+        _same_as_serial(tmp, cfg)
+    med = medians(times)
+    slow, fast = clients
+    return {"movie": {"frames": frames, "size": size}, "repeats": repeats, "worker_env": env, "seconds": times,
+            "median_s": med, "peak_rss_mb_per_worker": peak,
+            "ratios": {"dask default / popseg (time)": med[slow] / med[fast],
+                       "dask default / serial loop (time)": med[slow] / med["serial loop"],
+                       "popseg / serial loop (time)": med[fast] / med["serial loop"]}}
+
+
+def show_malloc(res: dict) -> None:
+    mv = res["movie"]
+    print(f"malloc: {mv['frames']} frames of {mv['size']}², 2 populations, 1 worker; median of {res['repeats']}")
+    for k, v in res["median_s"].items():
+        rss = res["peak_rss_mb_per_worker"].get(k)
+        print(f"  {k:48s} {v:8.2f} s" + (f"   peak {rss:.0f} MB" if rss else ""))
+    for k, v in res["ratios"].items():
+        print(f"  {k:48s} {v:6.2f}")
+
+
+def memory(a) -> dict:
+    """Peak worker memory against movie length: each length on a fresh 2-worker cluster."""
+    from popseg_dask import load_config, run
+    from popseg_dask.io.images import write_ome_zarr_image
+    from popseg_dask.synthetic import DEMO_CONFIG
+
+    longest, size = a.frames or 500, a.size or 512
+    lengths = [n for n in (50, 100, 250) if n < longest] + [longest]
+    out: dict = {"size": size, "lengths": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        # cells drift off a synthetic frame within ~100 frames: longer movies repeat a 50-frame one
+        m = demo_movie(tmp, 50, size, seed=6)
+        for n in lengths:
+            image = np.concatenate([m.image] * (-(-n // 50)))[:n]
+            write_ome_zarr_image(tmp / f"m{n}.ome.zarr", image, m.channels, pixel_size_um=m.pixel_size_um)
+            (tmp / f"m{n}.yaml").write_text(yaml.safe_dump({**DEMO_CONFIG, "input": f"m{n}.ome.zarr",
+                                                           "output": f"m{n}.out.zarr"}))
+            with cluster(2) as client:
+                client.run(start_rss_sampler)
+                t0 = time.perf_counter()
+                run(load_config(tmp / f"m{n}.yaml"), client=client)
+                wall = time.perf_counter() - t0
+                out["lengths"][str(n)] = {"wall_s": wall, "peak_rss_mb_per_worker": worker_peak_rss_mb(client)}
+    peaks = [v["peak_rss_mb_per_worker"] for v in out["lengths"].values()]
+    out["longest_vs_shortest_peak"] = peaks[-1] / peaks[0]
+    return out
+
+
+def show_memory(res: dict) -> None:
+    for n, v in res["lengths"].items():
+        print(f"memory: {n} frames of {res['size']}²: peak {v['peak_rss_mb_per_worker']:.0f} MB per worker, "
+              f"{v['wall_s']:.1f} s")
+    print(f"  longest / shortest peak: {res['longest_vs_shortest_peak']:.3f}")
+
+
+def screen(a) -> dict:
+    """Many small frames through one run: client (+ embedded scheduler) memory and throughput."""
+    import psutil
+
+    from popseg_dask import load_config, run
+    from popseg_dask.synthetic import DEMO_CONFIG
+
+    frames, size = a.frames or 100_000, a.size or 32
+    proc = psutil.Process()
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        rng = np.random.default_rng(0)
+        t0 = time.perf_counter()
+        # one chunk per frame, as microscopy movies are stored (10^5 chunk files)
+        arr = zarr.create_array(str(tmp / "many.zarr"), shape=(frames, 1, size, size), chunks=(1, 1, size, size),
+                                dtype=np.uint16)
+        yy, xx = np.mgrid[:size, :size]
+        blob = ((yy - size / 2) ** 2 + (xx - size / 2) ** 2 < (size / 4) ** 2) * 800
+        for s in range(0, frames, 1000):
+            e = min(frames, s + 1000)
+            arr[s:e, 0] = (rng.normal(100, 10, (e - s, size, size)) + blob).astype(np.uint16)
+        write_s = time.perf_counter() - t0
+        pop = {**DEMO_CONFIG["populations"]["targets"], "channel": "nuclei", "tile": "none"}
+        cfg = {"input": "many.zarr", "dims": "tcyx", "channels": ["nuclei"], "output": "many.out.zarr",
+               "populations": {"cells": pop}}
+        (tmp / "many.yaml").write_text(yaml.safe_dump(cfg))
+        samples: list[float] = []
+        stop = threading.Event()
+
+        def sample():
+            while not stop.is_set():
+                samples.append(proc.memory_info().rss / 2**20)
+                stop.wait(0.5)
+
+        with cluster(2) as client:
+            rss0 = proc.memory_info().rss / 2**20
+            th = threading.Thread(target=sample, daemon=True)
+            th.start()
+            t1 = time.perf_counter()
+            rec = run(load_config(tmp / "many.yaml"), client=client)
+            wall = time.perf_counter() - t1
+            stop.set()
+            th.join()
+    n = len(samples)
+    tasks = frames * 3  # tile, merge, numbering per frame (no statistics tasks for this config)
+    return {"frames": frames, "size": size, "write_s": write_s, "wall_s": wall, "timings": rec["timings"],
+            "objects": rec["populations"]["cells"]["n_objects"], "frames_per_s": frames / wall, "tasks": tasks,
+            "tasks_per_s": tasks / wall,
+            "client_rss_mb": {"before": rss0, "peak": max(samples), "at_10%": samples[n // 10],
+                              "at_50%": samples[n // 2], "at_90%": samples[(9 * n) // 10]},
+            "client_rss_mb_every_0.5s": samples}
+
+
+def show_screen(res: dict) -> None:
+    m = res["client_rss_mb"]
+    print(f"screen: {res['frames']} frames of {res['size']}², 1 population, 2 workers: {res['wall_s']:.0f} s, "
+          f"{res['frames_per_s']:.0f} frames/s, {res['tasks_per_s']:.0f} tasks/s; client+scheduler RSS MB: "
+          f"before {m['before']:.0f}, at 10% {m['at_10%']:.0f}, 50% {m['at_50%']:.0f}, 90% {m['at_90%']:.0f}, "
+          f"peak {m['peak']:.0f}")

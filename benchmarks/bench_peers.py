@@ -1,0 +1,170 @@
+"""popseg against peers: Celldetective's own threshold loop, and dask-image's connected components.
+
+``celldetective``: the threshold pipeline against Celldetective 1.6.5's own
+``segment_frame_from_thresholds`` loop (run in its own venv, called as a subprocess), same
+configs, same 2048² frames: speed-up and whether the masks are identical.
+
+``daskimage``: the nuclei population as popseg segments it (threshold, watershed, queries) vs
+dask-image's ``ndmeasure.label`` on the same smoothed, thresholded mask: seconds side by side and
+how many objects the connected components merge (against popseg's labels and the ground truth).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import yaml
+import zarr
+from common import HERE, cluster, clusters, demo_movie, medians, merged, popseg_run
+
+CD_VENV = HERE / ".venv-celldetective"
+
+_CD_LOOP = r"""
+import json, os, sys, time
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+import numpy as np
+from celldetective.segmentation import segment_frame_from_thresholds
+frames = np.load(sys.argv[1])                     # (t, y, x, c), as Celldetective holds a stack
+cfgs = json.loads(open(sys.argv[2]).read())       # population -> segment_frame_from_thresholds kwargs
+segment_frame_from_thresholds(frames[0][:64, :64].copy(), **next(iter(cfgs.values())))  # warm-up
+t0 = time.perf_counter()
+out = {name: np.stack([segment_frame_from_thresholds(f.copy(), **kw) for f in frames]) for name, kw in cfgs.items()}
+seconds = time.perf_counter() - t0
+np.savez_compressed(sys.argv[3], **out)
+print(json.dumps({"seconds": seconds}))
+"""
+
+
+def _celldetective_python(given: str | None) -> str:
+    """Celldetective 1.6.5 in its own venv (created here once; none of its code enters this project)."""
+    import subprocess
+
+    if given:
+        return given
+    py = CD_VENV / "bin" / "python"
+    if not py.exists():
+        print(f"installing celldetective 1.6.5 into {CD_VENV} (once) ...", flush=True)
+        subprocess.run([sys.executable, "-m", "venv", str(CD_VENV)], check=True)
+        subprocess.run([str(py), "-m", "pip", "install", "--quiet", "celldetective==1.6.5"], check=True)
+    return str(py)
+
+
+def celldetective(a) -> dict:
+    """popseg's threshold pipeline vs Celldetective's own segment_frame_from_thresholds, same configs."""
+    import subprocess
+
+    from popseg_dask.stitch import canonical_relabel
+    from popseg_dask.synthetic import DEMO_CONFIG
+
+    frames, size, repeats = a.frames or 6, a.size or 2048, a.repeats or 2
+    py = _celldetective_python(a.celldetective_python)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        m = demo_movie(tmp, frames, size, seed=2)
+        np.save(tmp / "frames.npy", np.moveaxis(m.image, 1, -1))
+        names = list(m.channels)
+        cd_cfg, pops = {}, {}
+        for pop, spec in DEMO_CONFIG["populations"].items():
+            cd_cfg[pop] = {"target_channel": names.index(spec["channel"]), "thresholds": spec["thresholds"],
+                           "filters": spec["filters"], "marker_min_distance": spec["marker_min_distance"],
+                           "marker_footprint_size": spec["marker_footprint_size"],
+                           "feature_queries": spec["feature_queries"], "do_watershed": spec["do_watershed"],
+                           "fill_holes": spec["fill_holes"]}
+            # Celldetective's global watershed tie-break, for identical masks (see README, Compatibility)
+            pops[pop] = {**spec, "watershed_ties": "celldetective"}
+        (tmp / "cd.json").write_text(json.dumps(cd_cfg))
+        cfg = {**DEMO_CONFIG, "populations": pops}
+        (tmp / "run.yaml").write_text(yaml.safe_dump(cfg))
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "QT_QPA_PLATFORM": "offscreen"}
+        times: dict[str, list[float]] = {"celldetective (its loop, 1 core)": [], "popseg 1 worker": [],
+                                         "popseg 2 workers": []}
+        with clusters(1, 2) as clients:
+            for c in clients.values():
+                popseg_run(tmp / "run.yaml", c)  # warm-up
+            for _ in range(repeats):
+                res = subprocess.run([py, "-c", _CD_LOOP, str(tmp / "frames.npy"), str(tmp / "cd.json"),
+                                      str(tmp / "cd.npz")], capture_output=True, text=True, env=env, check=True)
+                times["celldetective (its loop, 1 core)"].append(json.loads(res.stdout.strip().splitlines()[-1])["seconds"])
+                times["popseg 1 worker"].append(popseg_run(tmp / "run.yaml", clients[1])[0])
+                times["popseg 2 workers"].append(popseg_run(tmp / "run.yaml", clients[2])[0])
+        identical = {}
+        with np.load(tmp / "cd.npz") as cd:
+            for pop in pops:
+                ours = zarr.open_array(str(tmp / "movie.popseg.zarr" / "labels" / pop / "0"), mode="r")[...]
+                identical[pop] = all(np.array_equal(canonical_relabel(cd[pop][t])[0], canonical_relabel(ours[t])[0])
+                                     for t in range(frames))
+    med = medians(times)
+    cd_s = med["celldetective (its loop, 1 core)"]
+    return {"movie": {"frames": frames, "size": size}, "repeats": repeats,
+            "seconds": times, "median_s": med, "identical_masks": identical,
+            "ratios": {"speed-up popseg 2 workers vs celldetective": cd_s / med["popseg 2 workers"],
+                       "speed-up popseg 1 worker vs celldetective (same core)": cd_s / med["popseg 1 worker"]}}
+
+
+def daskimage(a) -> dict:
+    """Instance labels from popseg vs connected components from dask-image's ndmeasure.label on the
+    same thresholded mask: throughput side by side, and how many objects the components merge."""
+    import dask.array as da
+    from dask_image import ndfilters, ndmeasure
+
+    from popseg_dask.synthetic import DEMO_CONFIG
+
+    frames, size = a.frames or 6, a.size or 2048
+    spec = DEMO_CONFIG["populations"]["targets"]
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        m = demo_movie(tmp, frames, size, seed=4)
+        cfg = {**DEMO_CONFIG, "populations": {"targets": spec}}
+        (tmp / "run.yaml").write_text(yaml.safe_dump(cfg))
+        with cluster(2) as client:
+            popseg_run(tmp / "run.yaml", client)  # warm-up
+            ours_s = popseg_run(tmp / "run.yaml", client)[0]
+            nuclei = da.from_zarr(str(tmp / "movie.ome.zarr" / "0"))[:, 0]
+            sigma = spec["filters"][0][1]
+            t0 = time.perf_counter()
+            smooth = ndfilters.gaussian_filter(nuclei.astype(np.float32), sigma=(0, sigma, sigma))
+            mask = smooth >= spec["thresholds"][0]
+            structure = np.zeros((3, 3, 3), bool)
+            structure[1] = True  # components within a frame, never across time
+            lab, n = ndmeasure.label(mask, structure=structure)
+            lab = lab.compute()
+            dask_s = time.perf_counter() - t0
+        ours = zarr.open_array(str(tmp / "movie.popseg.zarr" / "labels" / "targets" / "0"), mode="r")[...]
+        truth = m.truth["targets"]
+        merges_ours = [merged(lab[t], ours[t]) for t in range(frames)]
+        merges_truth = [merged(lab[t], truth[t]) for t in range(frames)]
+        ours_vs_truth = [merged(ours[t], truth[t]) for t in range(frames)]
+        return {
+            "movie": {"frames": frames, "size": size},
+            "seconds": {"popseg (threshold + watershed + queries), 2 workers": ours_s,
+                        "dask-image gaussian + threshold + ndmeasure.label, 2 workers": dask_s},
+            "objects": {"popseg": int(sum(len(np.unique(o)) - 1 for o in ours)), "dask-image components": int(n),
+                        "truth": int(sum(len(np.unique(t)) - 1 for t in truth))},
+            "dask-image components holding >= 2 popseg objects": sum(a for a, _ in merges_ours),
+            "popseg objects swallowed by those": sum(b for _, b in merges_ours),
+            "dask-image components holding >= 2 true objects": sum(a for a, _ in merges_truth),
+            "true objects swallowed by those": sum(b for _, b in merges_truth),
+            "popseg objects holding >= 2 true objects": sum(a for a, _ in ours_vs_truth),
+            "true objects swallowed by those (popseg)": sum(b for _, b in ours_vs_truth),
+        }
+
+def show_celldetective(res: dict) -> None:
+    print(f"celldetective: {res['movie']['frames']} frames of {res['movie']['size']}², 2 populations; "
+          f"median of {res['repeats']}; identical masks: {res['identical_masks']}")
+    for k, v in res["median_s"].items():
+        print(f"  {k:34s} {v:8.2f} s")
+    for k, v in res["ratios"].items():
+        print(f"  {k:54s} {v:5.2f}")
+
+
+def show_daskimage(res: dict) -> None:
+    print(f"daskimage: {res['movie']['frames']} frames of {res['movie']['size']}²")
+    for k, v in res.items():
+        if k not in ("movie", "machine"):
+            print(f"  {k}: {v}")
