@@ -36,7 +36,12 @@ def scaling(res: dict, out: Path) -> Path:
     ax.plot([1, 2], [one, fps["popseg 2 workers"]], "o-", label="worker processes x 1 thread")
     if "popseg 1 worker x 2 threads" in fps:
         ax.plot([1, 2], [one, fps["popseg 1 worker x 2 threads"]], "s-", label="1 worker x threads")
-    ax.axhline(fps["serial loop"], color="C3", lw=1, label="plain serial loop (1 core)")
+    pair = "2 serial loops at once (each the whole movie)"
+    if pair in fps:
+        ax.plot([1, 2], [fps["serial loop"], fps[pair]], "^:", color="C3",
+                label="independent serial loops (the machine's ceiling)")
+    else:
+        ax.axhline(fps["serial loop"], color="C3", lw=1, label="plain serial loop (1 core)")
     mv = res["movie"]
     ax.set(xlabel="cores", ylabel="frame-populations / s", xticks=[1, 2],
            title=f"core: {mv['frames']} frames of {mv['size']}², 2 populations")

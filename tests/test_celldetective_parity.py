@@ -75,3 +75,18 @@ def test_fixtures_are_not_trivial():
     assert len(CASES["cases"]) >= 8 and len(names) >= 3
     for c in CASES["cases"]:
         assert len(np.unique(ARRAYS[c["expected_key"]])) - 1 == c["n_objects"] > 3
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_fill_holes_is_scipy_binary_fill_holes(seed):
+    """The labelling fill gives scipy's pixels: holes of every size, rings, masks touching the border."""
+    from scipy import ndimage as ndi
+
+    from popseg_dask.segmenters.threshold import fill_holes
+
+    rng = np.random.default_rng(seed)
+    shape = (int(rng.integers(1, 90)), int(rng.integers(1, 90)))
+    mask = ndi.gaussian_filter(rng.random(shape), 1.5) > rng.uniform(0.4, 0.6)
+    assert np.array_equal(fill_holes(mask), ndi.binary_fill_holes(mask))
+    for m in (np.ones(shape, bool), np.zeros(shape, bool), ~mask):
+        assert np.array_equal(fill_holes(m), ndi.binary_fill_holes(m))
