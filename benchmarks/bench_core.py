@@ -288,3 +288,90 @@ def show_screen(res: dict) -> None:
           f"{res['frames_per_s']:.0f} frames/s, {res['tasks_per_s']:.0f} tasks/s; client+scheduler RSS MB: "
           f"before {m['before']:.0f}, at 10% {m['at_10%']:.0f}, 50% {m['at_50%']:.0f}, 90% {m['at_90%']:.0f}, "
           f"peak {m['peak']:.0f}")
+
+
+def perframe(a) -> dict:
+    """The per-frame changes kept from profiling, each A/B in this process on the same frames.
+
+    ``fill holes``: the threshold segmentation of each frame with scipy's ``binary_fill_holes``
+    (swapped back in) against popseg's labelling fill. ``scratch codec`` (a change tried and
+    dropped: it did not help on real provisional ids): writing and reading
+    each frame's provisional ids (both populations) in a scratch array with zarr's default
+    zstd against LZ4 level 1.
+    """
+    import shutil
+
+    from scipy import ndimage as ndi
+
+    import popseg_dask.segmenters.threshold as th
+    from popseg_dask.synthetic import DEMO_CONFIG
+
+    frames, size, repeats = a.frames or 6, a.size or 2048, a.repeats or 3
+    out: dict = {"movie": {"frames": frames, "size": size}, "repeats": repeats}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        m = demo_movie(tmp, frames, size, seed=2)
+        names = list(m.channels)
+        segs = {pop: th.ThresholdSegmenter.from_config({k: v for k, v in spec.items() if k != "segmenter"}, names)
+                for pop, spec in DEMO_CONFIG["populations"].items()}
+
+        def segment_all():
+            t0 = time.perf_counter()
+            labels = [seg(m.image[t][[names.index(c) for c in seg.channels]])
+                      for seg in segs.values() for t in range(frames)]
+            return time.perf_counter() - t0, labels
+
+        fill = {"scipy binary_fill_holes": [], "labelling fill (popseg)": []}
+        ours = th.fill_holes
+        for _ in range(repeats):
+            th.fill_holes = ndi.binary_fill_holes
+            try:
+                s, before = segment_all()
+            finally:
+                th.fill_holes = ours
+            fill["scipy binary_fill_holes"].append(s)
+            s, after = segment_all()
+            fill["labelling fill (popseg)"].append(s)
+            assert all(np.array_equal(x, y) for x, y in zip(before, after)), "the two fills disagree"
+        # what scratch holds: provisional ids (each object's first pixel index + 1), not small labels
+        from popseg_dask.stitch import compact_ids, provisional_ids
+
+        labels = []
+        for lab in after:
+            local, n = compact_ids(lab)
+            labels.append(provisional_ids(local, np.ones(n + 1, bool), (0, 0), size, np.dtype(np.uint32))[0])
+        labels = np.stack(labels)
+        lz4 = zarr.codecs.BloscCodec(cname="lz4", clevel=1)
+        codec = {"zstd (zarr default, kept)": [], "lz4 level 1 (tried, not kept)": []}
+        sizes = {}
+        for _ in range(repeats):
+            for name, compressors in (("zstd (zarr default, kept)", "auto"), ("lz4 level 1 (tried, not kept)", lz4)):
+                path = tmp / "scratch.zarr"
+                arr = zarr.create_array(str(path), shape=labels.shape, chunks=(1, size, size), dtype=np.uint32,
+                                        fill_value=0, compressors=compressors, overwrite=True)
+                t0 = time.perf_counter()
+                for t in range(len(labels)):
+                    arr[t] = labels[t]
+                for t in range(len(labels)):
+                    assert np.array_equal(arr[t], labels[t])
+                codec[name].append(time.perf_counter() - t0)
+                sizes[name] = sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 2**20
+                shutil.rmtree(path)
+    for key, times in (("fill_holes", fill), ("scratch_codec", codec)):
+        med = medians(times)
+        old, new = med
+        out[key] = {"seconds": times, "median_s": med, "speed-up": med[old] / med[new],
+                    "per_frame_ms": {k: 1000 * v / (2 * frames) for k, v in med.items()}}
+    out["scratch_codec"]["mb_on_disk"] = sizes
+    return out
+
+
+def show_perframe(res: dict) -> None:
+    mv = res["movie"]
+    print(f"perframe: {mv['frames']} frames of {mv['size']}², 2 populations; median of {res['repeats']}; "
+          "per frame and population:")
+    for key in ("fill_holes", "scratch_codec"):
+        r = res[key]
+        print(f"  {key}: " + ", ".join(f"{k} {v:.0f} ms" for k, v in r["per_frame_ms"].items())
+              + f"; speed-up {r['speed-up']:.2f}")
+    print("  scratch MB on disk: " + ", ".join(f"{k} {v:.1f}" for k, v in res["scratch_codec"]["mb_on_disk"].items()))

@@ -240,7 +240,10 @@ def cellpose_distributed(a) -> dict:
     is how a user would call it (a (t, y, x) array would put its overlap on the time axis and
     merge objects across frames). Its input is the frame already scaled as popseg scales it
     (whole-frame percentiles), with ``normalize=False``, so that both see the same pixels; that
-    scaling is outside its clock. popseg runs the population tiled with the same tile size.
+    scaling is outside its clock.
+    popseg runs three ways: the same tiles with its default halo (the network's receptive field
+    plus one object), the same tiles with distributed_eval's context (halo = its overlap), and
+    untiled, which is what ``tile: auto`` picks for these frames.
     Over-merges and over-splits are counted against each tool's own untiled result:
     ``CellposeModel.eval`` on the whole frame for distributed_eval, popseg with ``tile: none``
     for popseg (a network's tiled output is not bitwise its untiled one; see README, Tiles).
@@ -263,24 +266,33 @@ def cellpose_distributed(a) -> dict:
         m = demo_movie(tmp, frames, size, seed=7)
         inputs = _normalised_frames(tmp / "movie.ome.zarr", 1, tmp, tile)
         pop = {"segmenter": "cellpose", "model": str(model_dir), "diameter": diameter}
-        for name, t in (("tiled", [tile, tile]), ("untiled", "none")):
-            cfg = {"input": "movie.ome.zarr", "output": f"{name}.zarr", "populations": {"effectors": {**pop, "tile": t}}}
-            (tmp / f"{name}.yaml").write_text(yaml.safe_dump(cfg))
-        popseg_run(tmp / "tiled.yaml", client)  # warm-up: each worker loads the model once
-        times: dict[str, list[float]] = {"cellpose distributed_eval": [], "popseg": []}
+        overlap = 2 * diameter
+        variants = {  # name -> (tile, halo); halo None: popseg's default (receptive field + one object)
+            f"popseg, tiles of {tile}, default halo": ([tile, tile], None),
+            f"popseg, tiles of {tile}, halo {overlap} (distributed_eval's overlap)": ([tile, tile], overlap),
+            "popseg, untiled (its default for these frames)": ("none", None),
+        }
+        for i, (name, (t, halo)) in enumerate(variants.items()):
+            spec = {**pop, "tile": t, **({"halo": halo} if halo else {})}
+            cfg = {"input": "movie.ome.zarr", "output": f"v{i}.zarr", "populations": {"effectors": spec}}
+            (tmp / f"v{i}.yaml").write_text(yaml.safe_dump(cfg))
+        popseg_run(tmp / "v0.yaml", client)  # warm-up: each worker loads the model once
+        times: dict[str, list[float]] = {"cellpose distributed_eval": [], **{k: [] for k in variants}}
         for _ in range(repeats):
             res = subprocess.run([py, "-c", _CPD_LOOP, str(tmp), str(frames), str(tile), weights, str(diameter)],
                                  capture_output=True, text=True, env=env, check=False)
             if res.returncode:
                 raise RuntimeError(f"distributed_eval failed:\n{res.stderr[-3000:]}")
             times["cellpose distributed_eval"].append(json.loads(res.stdout.strip().splitlines()[-1])["seconds"])
-            times["popseg"].append(popseg_run(tmp / "tiled.yaml", client)[0])
-        popseg_run(tmp / "untiled.yaml", client)
-        peer = np.stack([zarr.open_array(str(tmp / f"cpd{t}.zarr"), mode="r")[0] for t in range(frames)])
+            for i, name in enumerate(variants):
+                times[name].append(popseg_run(tmp / f"v{i}.yaml", client)[0])
+        labels = {"distributed_eval": np.stack([zarr.open_array(str(tmp / f"cpd{t}.zarr"), mode="r")[0]
+                                                for t in range(frames)])}
         model = cp_models.CellposeModel(gpu=False, pretrained_model=weights)
-        whole = np.stack([model.eval(x, channels=None, normalize=False, diameter=diameter)[0] for x in inputs])
-        ours = zarr.open_array(str(tmp / "tiled.zarr" / "labels" / "effectors" / "0"), mode="r")[...]
-        ours_whole = zarr.open_array(str(tmp / "untiled.zarr" / "labels" / "effectors" / "0"), mode="r")[...]
+        labels["CellposeModel.eval, whole frames"] = np.stack(
+            [model.eval(x, channels=None, normalize=False, diameter=diameter)[0] for x in inputs])
+        for i, name in enumerate(variants):
+            labels[name] = zarr.open_array(str(tmp / f"v{i}.zarr" / "labels" / "effectors" / "0"), mode="r")[...]
         truth = m.truth["effectors"]
 
     def count(lab):
@@ -295,14 +307,16 @@ def cellpose_distributed(a) -> dict:
                 "F1 vs untiled at IoU 0.9": f1_score(tiled, whole, iou=0.9)}
 
     med = medians(times)
+    names = list(variants)
+    peer_s = med["cellpose distributed_eval"]
     out.update({
         "seconds": times, "median_s": med,
-        "objects": {"truth": count(truth), "distributed_eval": count(peer), "its untiled eval": count(whole),
-                    "popseg tiled": count(ours), "popseg untiled": count(ours_whole)},
-        "vs_own_untiled": {"distributed_eval": against_untiled(peer, whole), "popseg": against_untiled(ours, ours_whole)},
-        "f1_vs_truth": {k: f1_score(v, truth) for k, v in (("distributed_eval", peer), ("its untiled eval", whole),
-                                                           ("popseg tiled", ours), ("popseg untiled", ours_whole))},
-        "ratios": {"speed-up popseg vs distributed_eval": med["cellpose distributed_eval"] / med["popseg"]},
+        "objects": {"truth": count(truth), **{k: count(v) for k, v in labels.items()}},
+        "vs_own_untiled": {"distributed_eval": against_untiled(labels["distributed_eval"],
+                                                               labels["CellposeModel.eval, whole frames"]),
+                           **{k: against_untiled(labels[k], labels[names[-1]]) for k in names[:-1]}},
+        "f1_vs_truth": {k: f1_score(v, truth) for k, v in labels.items()},
+        "ratios": {f"speed-up {k} vs distributed_eval": peer_s / med[k] for k in names},
     })
     return out
 

@@ -15,6 +15,8 @@ Benchmarks (defaults in brackets; --frames/--size/--repeats override them):
                         loop (read, segment, renumber, write) [24 frames of 1024², 3 repeats]
   malloc                popseg's workers vs workers with dask's default MALLOC_TRIM_THRESHOLD_
                         [24 frames of 1024², 3 repeats]
+  perframe              the per-frame changes kept from profiling, each A/B in one process:
+                        holes filled by labelling vs scipy, scratch LZ4 vs zstd [6 frames of 2048²]
   tiles                 tile sweep on 2 workers: time, stitching share, memory, equality to
                         untiled [50 frames of 2048², --tiles 256 512 1024]
   memory                peak worker memory at 50, 100, 250 and --frames frames [500 of 512²]
@@ -46,6 +48,7 @@ from common import machine
 SUITE = {
     "core": (bench_core.core, bench_core.show_core),
     "malloc": (bench_core.malloc, bench_core.show_malloc),
+    "perframe": (bench_core.perframe, bench_core.show_perframe),
     "tiles": (bench_tiles.tiles, bench_tiles.show_tiles),
     "memory": (bench_core.memory, bench_core.show_memory),
     "celldetective": (bench_peers.celldetective, bench_peers.show_celldetective),

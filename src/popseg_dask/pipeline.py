@@ -25,6 +25,7 @@ A frame counts as done once its merge task has recorded it in the output's ledge
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import platform
 import time
@@ -186,16 +187,24 @@ def _place_populations(client, plan: RunPlan, echo: Callable[[str], None]) -> No
             echo(f"population {job.name}: segment tasks on GPU workers ({len(gpus)} of them)")
 
 
-def _versions() -> dict[str, str]:
+@functools.lru_cache(maxsize=1)
+def _package_versions() -> tuple[tuple[str, str], ...]:
+    # package metadata is read from disk: once per process, not once per run (6 % of the
+    # client's time in a run of 48 frames)
     import importlib.metadata as md
 
-    out = {"python": platform.python_version()}
+    out = []
     for pkg in ("popseg-dask", "dask", "distributed", "zarr", "numpy", "scikit-image", "scipy", "xarray"):
         try:
-            out[pkg] = md.version(pkg)
+            out.append((pkg, md.version(pkg)))
         except md.PackageNotFoundError:
             pass
-    return out
+    return tuple(out)
+
+
+def _versions() -> dict[str, str]:
+    return {"python": platform.python_version(), **dict(_package_versions())}
+
 
 
 class _Progress:
@@ -386,10 +395,12 @@ def _run_with(client, plan: RunPlan, overwrite: bool, t0: float, progress: bool,
             refs = {t: data[t] for t in seg.reference_frames()}
             stats0 = client.compute(dask.delayed(seg.movie_stats, pure=True)(refs), optimize_graph=False).result()
         built[job.name] = (scratch, aux, stats0)
-        # Untiled small frames go several to a task (up to 64, or 2^20 pixels): the scheduler's
-        # cost per task, not the segmentation, bounds the throughput of a screen of tiny frames.
-        # Never fewer than 4 tasks per worker thread, so short movies still use every worker.
-        per_task = max(1, min(64, (1 << 20) // max(1, n_y * n_x), n_t // (4 * threads))) if tiles.untiled else 1
+        # Untiled frames go several to a task (up to 64, or 2^22 pixels): the scheduler's cost per
+        # task bounds the throughput of a screen of tiny frames, and the client and scheduler share
+        # the workers' cores (2^20 -> 2^22 pixels halved their CPU time on 1024² frames and raised
+        # 2-worker efficiency from about 0.80 to 0.88; benchmarks/RESULTS.md). Never fewer than 4
+        # tasks per worker thread, so short movies still use every worker.
+        per_task = max(1, min(64, (1 << 22) // max(1, n_y * n_x), n_t // (4 * threads))) if tiles.untiled else 1
         ts = todo[job.name]
         units += [(job, ts[i:i + per_task]) for i in range(0, len(ts), per_task)]
     n_total, n_todo = n_t * len(plan.jobs), sum(len(ts) for _, ts in units)
@@ -442,10 +453,13 @@ def _run_with(client, plan: RunPlan, overwrite: bool, t0: float, progress: bool,
 
     bar = _Progress("segmenting", n_todo, progress)
 
+    seen: dict[tuple[str, int], dict] = {}  # frame facts as tasks return them (the ledger has the same)
+
     def took(unit, result):
         job, ts = unit
         agg = stats_by_pop[job.name]
-        for _, info in (result if isinstance(result, list) else [result]):
+        for t, (_, info) in zip(ts, result if isinstance(result, list) else [result]):
+            seen[job.name, t] = info
             agg["regions"] += info["regions"]
             agg["copied"] += info.get("copied", 0)
             agg["whole_frame"] += int(info["whole_frame"])
@@ -468,7 +482,8 @@ def _run_with(client, plan: RunPlan, overwrite: bool, t0: float, progress: bool,
     t2 = time.perf_counter()
     per_pop, number_units, finals = {}, [], {}
     for job in plan.jobs:
-        infos = [ledger.load_frame(job.name, t)[1] for t in range(n_t)]
+        # frames of earlier runs (resuming) come from the ledger; this run's were handed back
+        infos = [seen.get((job.name, t)) or ledger.load_frame(job.name, t)[1] for t in range(n_t)]
         counts = np.asarray([i["count"] for i in infos], dtype=np.int64)
         offsets = frame_offsets(counts)
         total = int(counts.sum())
