@@ -16,7 +16,7 @@ Benchmarks (defaults in brackets; --frames/--size/--repeats override them):
   malloc                popseg's workers vs workers with dask's default MALLOC_TRIM_THRESHOLD_
                         [24 frames of 1024², 3 repeats]
   perframe              the per-frame changes kept from profiling, each A/B in one process:
-                        holes filled by labelling vs scipy, scratch LZ4 vs zstd [6 frames of 2048²]
+                        fill and distance transform vs scipy's, scratch LZ4 vs zstd [6 frames of 2048²]
   tiles                 tile sweep on 2 workers: time, stitching share, memory, equality to
                         untiled [50 frames of 2048², --tiles 256 512 1024]
   memory                peak worker memory at 50, 100, 250 and --frames frames [500 of 512²]

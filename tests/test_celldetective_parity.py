@@ -90,3 +90,27 @@ def test_fill_holes_is_scipy_binary_fill_holes(seed):
     assert np.array_equal(fill_holes(mask), ndi.binary_fill_holes(mask))
     for m in (np.ones(shape, bool), np.zeros(shape, bool), ~mask):
         assert np.array_equal(fill_holes(m), ndi.binary_fill_holes(m))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_distance_keeps_scipys_order_and_ties(seed, monkeypatch):
+    """The fast distance transform orders and ties pixels exactly as scipy's; without the edt
+    package (or for distances too long for float32) scipy's own values are used."""
+    import sys
+
+    from scipy import ndimage as ndi
+
+    from popseg_dask.segmenters import threshold
+
+    rng = np.random.default_rng(seed)
+    mask = ndi.gaussian_filter(rng.random((120, 150)), 2 + seed) > 0.5
+    ref = ndi.distance_transform_edt(mask)
+    fast = threshold.distance_to_background(mask)
+    assert fast.shape == ref.shape and np.allclose(fast, ref, rtol=1e-6, atol=0)
+    a, b = ref[mask], fast[mask]
+    assert np.array_equal(np.argsort(a, kind="stable"), np.argsort(b, kind="stable"))
+    assert np.array_equal(a[:, None] == a[None, :200], b[:, None] == b[None, :200])
+    monkeypatch.setattr(threshold, "_EDT_FLOAT32_EXACT", 0.5)
+    assert np.array_equal(threshold.distance_to_background(mask), ref)
+    monkeypatch.setitem(sys.modules, "edt", None)  # as if not installed
+    assert np.array_equal(threshold.distance_to_background(mask), ref)
