@@ -80,6 +80,13 @@ def two_loops_at_once(movie_path: Path, cfg: dict, tmp: Path) -> float:
     return max(times)
 
 
+def _cpu_seconds() -> float:
+    import psutil
+
+    t = psutil.Process().cpu_times()
+    return t.user + t.system
+
+
 def _same_as_serial(tmp: Path, cfg: dict) -> None:
     # the serial loop and popseg must agree, or the comparison means nothing
     for pop in cfg["populations"]:
@@ -106,12 +113,16 @@ def core(a) -> dict:
             popseg_run(tmp / "run.yaml", clients[name])  # warm-up: workers import the stack once
         pair = "2 serial loops at once (each the whole movie)"
         times: dict[str, list[float]] = {"serial loop": [], pair: [], **{k: [] for k in variants}}
+        # the client and the embedded scheduler live in this process and share the workers' cores
+        client_cpu: dict[str, list[float]] = {k: [] for k in variants}
         for _ in range(repeats):
             # interleaved so that machine noise hits every variant alike
             times["serial loop"].append(serial_baseline(tmp / "movie.ome.zarr", cfg, tmp / "serial"))
             times[pair].append(two_loops_at_once(tmp / "movie.ome.zarr", cfg, tmp))
             for name, client in clients.items():
+                c0 = _cpu_seconds()
                 t, rec = popseg_run(tmp / "run.yaml", client)
+                client_cpu[name].append(_cpu_seconds() - c0)
                 times[name].append(t)
         _same_as_serial(tmp, cfg)
     med = medians(times)
@@ -119,6 +130,7 @@ def core(a) -> dict:
         "movie": {"frames": frames, "size": size, "channels": 2, "populations": 2,
                   "objects": {p: rec["populations"][p]["n_objects"] for p in cfg["populations"]}},
         "repeats": repeats, "seconds": times, "cluster_startup_s": startup, "median_s": med,
+        "client_and_scheduler_cpu_s": medians(client_cpu),
         "frames_per_s": {k: (4 if k == pair else 2) * frames / v for k, v in med.items()},
         "ratios": {
             "popseg 1 worker / serial loop (time)": med["popseg 1 worker"] / med["serial loop"],
@@ -139,6 +151,8 @@ def show_core(res: dict) -> None:
         print(f"  {k:30s} {v:8.2f} s {res['frames_per_s'][k]:8.2f} frames/s")
     for k, v in res["ratios"].items():
         print(f"  {k:54s} {v:6.2f}")
+    print("  CPU seconds of the client + embedded scheduler per run: "
+          + ", ".join(f"{k} {v:.2f}" for k, v in res["client_and_scheduler_cpu_s"].items()))
     print("  LocalCluster start-up (once per session, not in the figures): "
           + ", ".join(f"{k} {v:.1f} s" for k, v in res["cluster_startup_s"].items()))
 

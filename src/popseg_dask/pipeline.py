@@ -397,9 +397,9 @@ def _run_with(client, plan: RunPlan, overwrite: bool, t0: float, progress: bool,
         built[job.name] = (scratch, aux, stats0)
         # Untiled frames go several to a task (up to 64, or 2^22 pixels): the scheduler's cost per
         # task bounds the throughput of a screen of tiny frames, and the client and scheduler share
-        # the workers' cores (2^20 -> 2^22 pixels halved their CPU time on 1024² frames and raised
-        # 2-worker efficiency from about 0.80 to 0.88; benchmarks/RESULTS.md). Never fewer than 4
-        # tasks per worker thread, so short movies still use every worker.
+        # the workers' cores (2^20 -> 2^22 pixels cut their CPU time per 48-frame run of 1024²
+        # frames from 0.73 to 0.42 s; benchmarks/RESULTS.md). Never fewer than 4 tasks per worker
+        # thread, so short movies still use every worker.
         per_task = max(1, min(64, (1 << 22) // max(1, n_y * n_x), n_t // (4 * threads))) if tiles.untiled else 1
         ts = todo[job.name]
         units += [(job, ts[i:i + per_task]) for i in range(0, len(ts), per_task)]
