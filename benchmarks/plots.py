@@ -88,15 +88,19 @@ def memory(res: dict, out: Path) -> Path:
 
 
 def versus(res: dict, out: Path, name: str) -> Path:
-    """Median seconds of every variant of a side-by-side benchmark, as horizontal bars."""
+    """Median seconds of every variant of a side-by-side benchmark, as horizontal bars, each
+    labelled with the first variant's time over its own (speed relative to the first)."""
     med = res["median_s"]
-    fig, ax = plt.subplots(figsize=(6.5, 0.5 + 0.45 * len(med)))
     labels = list(med)
+    fig, ax = plt.subplots(figsize=(8, 0.9 + 0.5 * len(labels)))
     ax.barh(range(len(labels)), [med[k] for k in labels], color=[f"C{i}" for i in range(len(labels))])
-    ax.set(yticks=range(len(labels)), yticklabels=labels, xlabel="seconds (median)")
+    first = med[labels[0]]
+    for i, k in enumerate(labels):
+        ax.text(med[k], i, f"  {med[k]:.1f} s" + (f", {first / med[k]:.2f}x" if i else ""), va="center", fontsize=8)
+    ax.set(yticks=range(len(labels)), yticklabels=labels, xlabel="seconds (median); x: speed against the top bar")
+    ax.set_xlim(0, max(med.values()) * 1.35)
     ax.invert_yaxis()
-    ratio = "; ".join(f"{k}: {v:.2f}" for k, v in res.get("ratios", {}).items())
-    ax.set_title(f"{name}: {ratio}", fontsize=8)
+    ax.set_title(name, fontsize=9)
     _footer(fig, res)
     fig.tight_layout(rect=(0, 0.05, 1, 1))
     return _save(fig, out / f"{name}.png")
