@@ -176,23 +176,33 @@ def _worker_malloc_env(client) -> set:
 
 
 def test_embedded_workers_start_with_glibc_adaptive_malloc(monkeypatch):
-    """dask's MALLOC_TRIM_THRESHOLD_ (left in os.environ by any earlier nanny) stays out of
-    popseg's workers, and the client's environment is given back as it was."""
+    """dask's MALLOC_TRIM_THRESHOLD_, left in os.environ by an earlier nanny, stays out of
+    popseg's workers, also of one restarted later; a value the user exported is kept."""
     import os
 
+    from popseg_dask import cluster
     from popseg_dask.cluster import open_client
 
+    monkeypatch.setattr(cluster, "_USER_TRIM", None)  # whatever the shell running the tests exports
     monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "65536")
     with open_client(n_workers=1, gpu_workers=1, dashboard=False) as client:
         assert _worker_malloc_env(client) == {None}
-    assert os.environ["MALLOC_TRIM_THRESHOLD_"] == "65536"
+        client.restart()
+        assert _worker_malloc_env(client) == {None}
+    assert "MALLOC_TRIM_THRESHOLD_" not in os.environ
+    monkeypatch.setattr(cluster, "_USER_TRIM", "1048576")
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "1048576")
+    with open_client(n_workers=1, dashboard=False) as client:
+        assert _worker_malloc_env(client) == {"1048576"}
 
 
 def test_deploy_dask_config_unsets_the_malloc_trim_threshold(monkeypatch):
     import dask.config
     from distributed import Client, LocalCluster
 
-    monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_", raising=False)
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "x")  # so that monkeypatch restores the variable's absence,
+    monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_")       # which the nannies below would otherwise leave set
+
     def dotted(d, prefix=""):
         for k, v in d.items():
             yield from dotted(v, f"{prefix}{k}.") if isinstance(v, dict) else [(prefix + k, v)]

@@ -125,3 +125,27 @@ def test_worker_sigkilled_mid_run_still_completes_identically(long_movie, tmp_pa
     for p in POPS:
         assert np.array_equal(got[p], clean[p]), p
     print(f"worker killed with {killed_at} of 80 frames done; the run finished on the other worker")
+
+
+def test_numbering_refuses_a_record_whose_count_differs(tmp_path):
+    """Offsets come from the counts the client saw; a frame recorded with another count (segmented
+    twice at once, differently) would overlap the next frame's ids: numbering stops instead."""
+    import numpy as np
+    import pytest
+    import zarr
+
+    from popseg_dask.io.ledger import Ledger
+    from popseg_dask.tasks import _number_task
+
+    prov = np.zeros((1, 4, 4), np.uint32)
+    prov[0, 0, 0], prov[0, 2, 2] = 1, 11
+    zarr.create_array(str(tmp_path / "scratch"), shape=prov.shape, chunks=prov.shape, dtype=np.uint32)[...] = prov
+    zarr.create_array(str(tmp_path / "final"), shape=prov.shape, chunks=prov.shape, dtype=np.uint32)
+    Ledger(str(tmp_path / "ledger")).save_frame("cells", 0, np.array([1, 11]), {"count": 2})
+    args = (str(tmp_path / "scratch"), str(tmp_path / "final"), [0], [(0, 4, 0, 4)], str(tmp_path / "ledger"),
+            "cells", [5], "<u4")
+    with pytest.raises(RuntimeError, match="2 objects recorded, 3 counted"):
+        _number_task(*args, [3])
+    assert _number_task(*args, [2]) == 1
+    out = zarr.open_array(str(tmp_path / "final"), mode="r")[0]
+    assert out[0, 0] == 6 and out[2, 2] == 7 and (out > 0).sum() == 2

@@ -217,19 +217,23 @@ def _local_cluster(n: int, n_gpu: int, gpus: list[str], ids: list[str], threads_
 def adaptive_malloc() -> Iterator[None]:
     """Start worker processes inside this block with glibc's adaptive malloc thresholds.
 
-    Nannies read their environment when they are created and put it into ``os.environ``
-    when they spawn, so both the dask config and the process environment are adjusted
-    for the duration of the block.
+    Nannies read their environment from the dask config when they are created, and spawn
+    (and respawn, after a restart) with this process's ``os.environ``, into which every
+    nanny writes its own settings. So the config entry is unset for the block, and a value
+    that dask's nannies left in ``os.environ`` is removed for good: put back, it would reach
+    any worker restarted later. A value the user chose (exported before popseg started, or
+    set to something other than dask's 65536 in the dask config) is kept.
     """
     import dask.config
 
-    saved = os.environ.pop("MALLOC_TRIM_THRESHOLD_", None) if _USER_TRIM is None else None
-    try:
-        with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": _USER_TRIM}):
-            yield
-    finally:
-        if saved is not None:
-            os.environ["MALLOC_TRIM_THRESHOLD_"] = saved
+    key = "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_"
+    configured = dask.config.get(key, None)
+    if _USER_TRIM is not None or str(configured) not in ("65536", "None"):
+        yield
+        return
+    os.environ.pop("MALLOC_TRIM_THRESHOLD_", None)
+    with dask.config.set({key: None}):
+        yield
 
 
 @contextlib.contextmanager

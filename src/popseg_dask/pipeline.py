@@ -480,11 +480,12 @@ def _run_with(client, plan: RunPlan, overwrite: bool, t0: float, progress: bool,
 
     # Pass 2: final ids = frame offset (prefix sum of counts) + rank of the object's anchor.
     t2 = time.perf_counter()
-    per_pop, number_units, finals = {}, [], {}
+    per_pop, number_units, finals, counts_of = {}, [], {}, {}
     for job in plan.jobs:
         # frames of earlier runs (resuming) come from the ledger; this run's were handed back
         infos = [seen.get((job.name, t)) or ledger.load_frame(job.name, t)[1] for t in range(n_t)]
         counts = np.asarray([i["count"] for i in infos], dtype=np.int64)
+        counts_of[job.name] = counts
         offsets = frame_offsets(counts)
         total = int(counts.sum())
         dtype = label_dtype_for(total)
@@ -521,7 +522,8 @@ def _run_with(client, plan: RunPlan, overwrite: bool, t0: float, progress: bool,
         final, offsets, dtype = finals[job.name]
         return dask.delayed(_number_task)(
             str(store.scratch_path(job.name)), final, ts, windows, str(ledger.root), job.name,
-            [int(offsets[t]) for t in ts], dtype.str, dask_key_name=f"number-{job.name}-t{ts[0]}-{run_id}")
+            [int(offsets[t]) for t in ts], dtype.str, [int(counts_of[job.name][t]) for t in ts],
+            dask_key_name=f"number-{job.name}-t{ts[0]}-{run_id}")
 
     bar = _Progress("numbering", sum(len(ts) for _, ts in number_units), progress)
     try:

@@ -409,14 +409,22 @@ def segment_frame(segmenter: Segmenter, frame: np.ndarray, tile=None, halo: int 
 
 
 def _number_task(scratch: str, final: str, ts: list[int], windows, ledger: str, population: str,
-                 offsets: list[int], dtype: str) -> int:
-    """Write frames ``ts``' final ids (chunk by chunk) from their recorded anchors, marking each numbered."""
+                 offsets: list[int], dtype: str, counts: list[int] | None = None) -> int:
+    """Write frames ``ts``' final ids (chunk by chunk) from their recorded anchors, marking each numbered.
+
+    ``counts``: the objects per frame the offsets were computed from; a recorded frame with
+    another count (a frame segmented twice at once, differently) would give ids that overlap
+    the next frame's, so it stops the run instead.
+    """
     from .io.ledger import Ledger
 
     led = Ledger(ledger)
     src, dst = _open_array(scratch, "r"), _open_array(final, "r+")
-    for t, offset in zip(ts, offsets):
+    for i, (t, offset) in enumerate(zip(ts, offsets)):
         anchors, _ = led.load_frame(population, t)
+        if counts is not None and len(anchors) != counts[i]:
+            raise RuntimeError(f"frame {t} of {population}: {len(anchors)} objects recorded, {counts[i]} counted; "
+                               "run the same command again: it resumes and numbers from the records")
         for y0, y1, x0, x1 in windows:
             dst[t, y0:y1, x0:x1] = number_from_provisional(src[t, y0:y1, x0:x1], anchors, offset, np.dtype(dtype))
         led.mark_numbered(population, t)

@@ -159,6 +159,8 @@ def fill_holes(mask: np.ndarray) -> np.ndarray:
     4-connected background components that do not touch the border: the same pixels.
     """
     mask = np.asarray(mask, bool)
+    if mask.ndim != 2:  # the border test below looks at four edges only
+        return ndi.binary_fill_holes(mask)
     if mask.size == 0:
         return mask.copy()
     background, n = ndi.label(~mask)
