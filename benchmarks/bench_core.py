@@ -25,6 +25,7 @@ from common import (
     demo_movie,
     medians,
     popseg_run,
+    print_rows,
     start_rss_sampler,
     worker_peak_rss_mb,
 )
@@ -147,10 +148,9 @@ def show_core(res: dict) -> None:
     mv = res["movie"]
     print(f"core: {mv['frames']} frames of {mv['size']}², 2 populations, {mv['objects']} objects; "
           f"median of {res['repeats']}")
-    for k, v in res["median_s"].items():
-        print(f"  {k:30s} {v:8.2f} s {res['frames_per_s'][k]:8.2f} frames/s")
-    for k, v in res["ratios"].items():
-        print(f"  {k:54s} {v:6.2f}")
+    fps = res["frames_per_s"]
+    print_rows({k: (v, fps[k]) for k, v in res["median_s"].items()}, "{0[0]:8.2f} s {0[1]:8.2f} frames/s")
+    print_rows(res["ratios"], "{:6.2f}")
     print("  CPU seconds of the client + embedded scheduler per run: "
           + ", ".join(f"{k} {v:.2f}" for k, v in res["client_and_scheduler_cpu_s"].items()))
     print("  LocalCluster start-up (once per session, not in the figures): "
@@ -200,11 +200,10 @@ def malloc(a) -> dict:
 def show_malloc(res: dict) -> None:
     mv = res["movie"]
     print(f"malloc: {mv['frames']} frames of {mv['size']}², 2 populations, 1 worker; median of {res['repeats']}")
-    for k, v in res["median_s"].items():
-        rss = res["peak_rss_mb_per_worker"].get(k)
-        print(f"  {k:48s} {v:8.2f} s" + (f"   peak {rss:.0f} MB" if rss else ""))
-    for k, v in res["ratios"].items():
-        print(f"  {k:48s} {v:6.2f}")
+    peaks = res["peak_rss_mb_per_worker"]
+    print_rows({k: f"{v:8.2f} s" + (f"   peak {peaks[k]:.0f} MB" if k in peaks else "")
+                for k, v in res["median_s"].items()}, "{}")
+    print_rows(res["ratios"], "{:6.2f}")
 
 
 def memory(a) -> dict:

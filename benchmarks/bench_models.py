@@ -25,7 +25,15 @@ from pathlib import Path
 import numpy as np
 import yaml
 import zarr
-from common import MODELS_DIR, clusters, demo_movie, medians, merged, popseg_run
+from common import (
+    MODELS_DIR,
+    clusters,
+    demo_movie,
+    medians,
+    merged,
+    popseg_run,
+    print_rows,
+)
 
 
 def trained_models(python: str) -> dict[str, Path]:
@@ -152,8 +160,7 @@ def show_models(res: dict) -> None:
     print(f"models: {mv['frames']} frames of {mv['size']}x{mv['size']}, untiled; median of {res['repeats']}")
     for kind, r in res["kinds"].items():
         print(f"  {kind}: " + ", ".join(f"{k} {v:.2f} frames/s" for k, v in r["frames_per_s"].items()))
-        for k, v in r["ratios"].items():
-            print(f"    {k:52s} {v:5.2f}")
+        print_rows(r["ratios"], "{:5.2f}", indent="    ")
         print(f"    F1 vs truth: popseg {r['f1_vs_truth']['popseg']:.3f}, bare loop {r['f1_vs_truth']['bare loop']:.3f}")
 
 
@@ -325,10 +332,8 @@ def show_cellpose_distributed(res: dict) -> None:
     mv = res["movie"]
     print(f"cellpose-distributed: {mv['frames']} frames of {mv['size']}², tiles of {res['tile']}, 2 workers; "
           f"median of {res['repeats']}")
-    for k, v in res["median_s"].items():
-        print(f"  {k:30s} {v:8.2f} s")
-    for k, v in res["ratios"].items():
-        print(f"  {k:40s} {v:6.2f}")
+    print_rows(res["median_s"], "{:8.2f} s")
+    print_rows(res["ratios"], "{:6.2f}")
     print(f"  objects: {res['objects']}")
     for k, v in res["vs_own_untiled"].items():
         print(f"  {k} against its own untiled result: " + ", ".join(f"{a} {b:.3g}" for a, b in v.items()))

@@ -21,7 +21,16 @@ from pathlib import Path
 import numpy as np
 import yaml
 import zarr
-from common import HERE, cluster, clusters, demo_movie, medians, merged, popseg_run
+from common import (
+    HERE,
+    cluster,
+    clusters,
+    demo_movie,
+    medians,
+    merged,
+    popseg_run,
+    print_rows,
+)
 
 CD_VENV = HERE / ".venv-celldetective"
 
@@ -154,13 +163,12 @@ def daskimage(a) -> dict:
             "true objects swallowed by those (popseg)": sum(b for _, b in ours_vs_truth),
         }
 
+
 def show_celldetective(res: dict) -> None:
     print(f"celldetective: {res['movie']['frames']} frames of {res['movie']['size']}², 2 populations; "
           f"median of {res['repeats']}; identical masks: {res['identical_masks']}")
-    for k, v in res["median_s"].items():
-        print(f"  {k:34s} {v:8.2f} s")
-    for k, v in res["ratios"].items():
-        print(f"  {k:54s} {v:5.2f}")
+    print_rows(res["median_s"], "{:8.2f} s")
+    print_rows(res["ratios"], "{:5.2f}")
 
 
 def show_daskimage(res: dict) -> None:

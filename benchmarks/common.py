@@ -61,6 +61,13 @@ def medians(times: dict[str, list[float]]) -> dict[str, float]:
     return {k: statistics.median(v) for k, v in times.items()}
 
 
+def print_rows(rows: dict, fmt: str, indent: str = "  ") -> None:
+    """One line per entry of ``rows``, keys padded to the longest, values as ``fmt`` ("{:6.2f}")."""
+    width = max(map(len, rows), default=0)
+    for k, v in rows.items():
+        print(f"{indent}{k:{width}s} {fmt.format(v)}")
+
+
 def start_rss_sampler(dask_worker):
     """Sample the worker's resident memory every 20 ms (ru_maxrss would include the parent's)."""
     import threading
