@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -45,3 +51,63 @@ def demo_dir(tmp_path, small_movie):
 
 def frames_equal(a, b) -> bool:
     return a.shape == b.shape and a.dtype == b.dtype and bool(np.array_equal(a, b))
+
+
+def read_labels(output, population: str) -> np.ndarray:
+    """A population's whole label image from a run's output (through the output layout)."""
+    import zarr
+
+    from popseg_dask.io.layout import OutputLayout
+
+    return zarr.open_array(str(OutputLayout(output).label_array(population)), mode="r")[...]
+
+
+DASK = Path(sys.executable).with_name("dask")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_loopback_cluster(tmp_path, worker_args, *, protocol: str = "tcp", scheduler_args=(), security=None):
+    """A real ``dask scheduler`` and one ``dask worker`` per entry of ``worker_args`` (its extra
+    arguments) on loopback, each in its own process group; returns the address and the processes."""
+    assert DASK.exists(), f"the dask command (from distributed) should be installed beside {sys.executable}"
+    port = free_port()
+    addr = f"{protocol}://127.0.0.1:{port}"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    procs = [subprocess.Popen([str(DASK), "scheduler", "--protocol", protocol, "--host", "127.0.0.1", "--port",
+                               str(port), "--dashboard-address", "127.0.0.1:0", *scheduler_args], env=env,
+                              stdout=subprocess.DEVNULL, stderr=open(tmp_path / "scheduler.log", "w"),
+                              start_new_session=True)]
+    for i, extra in enumerate(worker_args):
+        procs.append(subprocess.Popen([str(DASK), "worker", addr, "--host", "127.0.0.1", "--nthreads", "1",
+                                       "--name", f"w{i}", *extra], env=env, stdout=subprocess.DEVNULL,
+                                      stderr=open(tmp_path / f"worker{i}.log", "w"), start_new_session=True))
+    from distributed import Client
+
+    deadline = time.time() + 60
+    while True:
+        try:
+            with Client(addr, security=security, timeout=5) as c:
+                if len(c.scheduler_info()["workers"]) == len(worker_args):
+                    return addr, procs
+        except OSError:
+            pass
+        if time.time() > deadline:
+            stop_processes(procs)
+            raise RuntimeError("loopback cluster did not start: " + (tmp_path / "scheduler.log").read_text()[-2000:])
+        time.sleep(0.5)
+
+
+def stop_processes(procs) -> None:
+    """SIGTERM each process group, then SIGKILL what is still there after 20 s."""
+    for p in procs:
+        os.killpg(p.pid, signal.SIGTERM)
+    for p in procs:
+        try:
+            p.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)

@@ -13,6 +13,8 @@ import pytest
 import yaml
 import zarr
 
+from conftest import read_labels
+
 from popseg_dask.cli import main
 from popseg_dask.synthetic import DEMO_CONFIG
 
@@ -113,5 +115,5 @@ def test_blank_frames_give_empty_labels_not_errors(demo_dir, fill, capsys):
                                                      "output": "blank.out.zarr"}))
     assert main(["run", str(demo_dir / "b.yaml"), "--quiet", "--workers", "1"]) == 0
     for pop in ("targets", "effectors"):
-        lab = zarr.open_array(str(demo_dir / "blank.out.zarr" / "labels" / pop / "0"), mode="r")[...]
+        lab = read_labels(demo_dir / "blank.out.zarr", pop)
         assert lab[1].max() == 0

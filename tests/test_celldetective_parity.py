@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from popseg_dask.segmenters.threshold import ThresholdSegmenter
+from popseg_dask.segmenters import BuildContext
+from popseg_dask.segmenters.threshold import FrameFacts, ThresholdSegmenter
 from popseg_dask.stitch import canonical_relabel
 
 FIXTURES = Path(__file__).parent / "fixtures" / "celldetective"
@@ -34,12 +35,12 @@ def _segmenter_for(case: dict, tmp_path: Path, ties: str = "celldetective") -> t
     for k in ("edge_exclusion",):
         if k in kw:
             params[k] = kw[k]
-    seg = ThresholdSegmenter.from_config(params, names, base_dir=tmp_path, population=case["name"])
+    seg = ThresholdSegmenter.from_config(params, BuildContext(tuple(names), tmp_path, case["name"]))
     stats = None
     ref = kw.get("equalize_reference")
     if isinstance(ref, dict):
         ref_img = ARRAYS[ref["npz_key"]]
-        stats = {"equalize_reference": ref_img}
+        stats = FrameFacts(equalize_reference=ref_img)
     # The segmenter reads only the channels it needs, in its own order.
     block = block[[names.index(c) for c in seg.channels]]
     return seg, block, stats

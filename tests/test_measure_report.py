@@ -10,6 +10,8 @@ import pytest
 import yaml
 import zarr
 
+from conftest import read_labels
+
 from popseg_dask.cli import main
 from popseg_dask.config import load_config
 from popseg_dask.measure import contacts, measure_output, neighbours_within, read_measurements
@@ -43,7 +45,7 @@ def test_measurements_equal_regionprops_on_the_untiled_frame(tiled_run, small_mo
     df = read_measurements(res["path"])
     assert set(res["rows"]) == {"targets", "effectors"}
     for pop in ("targets", "effectors"):
-        labels = zarr.open_array(str(d / "movie.popseg.zarr" / "labels" / pop / "0"), mode="r")[...]
+        labels = read_labels(d / "movie.popseg.zarr", pop)
         sub = df[df["population"] == pop]
         assert len(sub) == rec["populations"][pop]["n_objects"]
         for t in range(labels.shape[0]):
@@ -115,7 +117,7 @@ def test_celldetective_export_round_trip(tiled_run, tmp_path, capsys):
     out = d / "movie.popseg.zarr"
     assert main(["export", "celldetective", str(out), "--to", str(tmp_path / "exp"), "--position", "101"]) == 0
     for pop in ("targets", "effectors"):
-        labels = zarr.open_array(str(out / "labels" / pop / "0"), mode="r")[...]
+        labels = read_labels(out, pop)
         files = sorted((tmp_path / "exp" / "W1" / "101" / f"labels_{pop}").glob("*.tif"))
         assert [f.name for f in files] == [f"{t:04d}.tif" for t in range(labels.shape[0])]
         for t, f in enumerate(files):

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 import tifffile
 import yaml
-import zarr
+
+from conftest import read_labels
 
 from popseg_dask.cli import main
 from popseg_dask.metrics import f1_score
@@ -26,7 +27,7 @@ N_FRAMES, SIZE = 8, 256
 
 
 def _labels(out: Path, pop: str) -> np.ndarray:
-    return zarr.open_array(str(out / "labels" / pop / "0"), mode="r")[...]
+    return read_labels(out, pop)
 
 
 def _mean_f1(a: np.ndarray, b: np.ndarray, iou: float = 0.5) -> float:
@@ -229,7 +230,7 @@ class TinyCpsam:
 def test_cellpose4_api_path(trained):
     from popseg_dask.segmenters.cellpose import CellposeSegmenter, cellpose_api
     from popseg_dask.segmenters.model import cached_model
-    from popseg_dask.tasks import segment_frame
+    from popseg_dask.pipeline import segment_frame
 
     root, mv = trained
     stand_in = TinyCpsam()

@@ -8,6 +8,8 @@ import numpy as np
 import yaml
 import zarr
 
+from conftest import read_labels
+
 from popseg_dask.cli import main
 from popseg_dask.config import load_config
 from popseg_dask.metrics import f1_score
@@ -16,7 +18,7 @@ from popseg_dask.stitch import anchors_of
 
 
 def _labels(out, pop):
-    return zarr.open_array(str(out / "labels" / pop / "0"), mode="r")[...]
+    return read_labels(out, pop)
 
 
 def test_run_gives_unique_canonical_ids(demo_dir, small_movie, client2):

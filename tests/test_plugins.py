@@ -8,7 +8,10 @@ import textwrap
 import numpy as np
 import pytest
 import yaml
-import zarr
+
+from conftest import read_labels
+
+from popseg_dask.segmenters import refresh_plugins
 
 PLUGIN = textwrap.dedent('''
     import numpy as np
@@ -31,9 +34,9 @@ PLUGIN = textwrap.dedent('''
         name = "blobs"
         Params = BlobParams
 
-        def __init__(self, params, channel_names):
+        def __init__(self, params, context):
             self.params = params
-            self.channels = [resolve_channel(params.channel, channel_names)]
+            self.channels = [resolve_channel(params.channel, context.channel_names, context.population)]
             self.halo = int(4 * params.sigma + 0.5) + 2
             self.link = 1
 
@@ -59,8 +62,11 @@ def plugin_path(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(tmp_path))
     # worker processes import the plugin too
     monkeypatch.setenv("PYTHONPATH", str(tmp_path) + ":" + __import__("os").environ.get("PYTHONPATH", ""))
+    refresh_plugins()
     yield tmp_path
     sys.modules.pop("popseg_test_plugin", None)
+    monkeypatch.undo()
+    refresh_plugins()
 
 
 def test_plugin_is_listed_and_validated(plugin_path):
@@ -86,6 +92,6 @@ def test_plugin_tiled_equals_untiled_in_a_run(plugin_path, demo_dir):
                                          "tile": tile}}}
         (demo_dir / "p.yaml").write_text(yaml.safe_dump(cfg))
         rec = run(load_config(demo_dir / "p.yaml"), n_workers=1)
-        outs[str(tile)] = zarr.open_array(str(demo_dir / cfg["output"] / "labels" / "cells" / "0"), mode="r")[...]
+        outs[str(tile)] = read_labels(demo_dir / cfg["output"], "cells")
         assert rec["populations"]["cells"]["n_objects"] > 0
     assert np.array_equal(outs["none"], outs["[48, 64]"])

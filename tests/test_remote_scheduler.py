@@ -4,84 +4,34 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
-import socket
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 import zarr
 
+from conftest import read_labels, start_loopback_cluster, stop_processes
+
 from popseg_dask.cli import main
 
-DASK = Path(sys.executable).with_name("dask")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _start(tmp_path, worker_args):
-    assert DASK.exists(), f"the dask command (from distributed) should be installed beside {sys.executable}"
-    port = _free_port()
-    addr = f"tcp://127.0.0.1:{port}"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    procs = [subprocess.Popen([str(DASK), "scheduler", "--host", "127.0.0.1", "--port", str(port),
-                               "--dashboard-address", "127.0.0.1:0"], env=env,
-                              stdout=subprocess.DEVNULL, stderr=open(tmp_path / "scheduler.log", "w"),
-                              start_new_session=True)]
-    for i, extra in enumerate(worker_args):
-        procs.append(subprocess.Popen([str(DASK), "worker", addr, "--host", "127.0.0.1", "--nthreads", "1",
-                                       "--name", f"w{i}", *extra], env=env, stdout=subprocess.DEVNULL,
-                                      stderr=open(tmp_path / f"worker{i}.log", "w"), start_new_session=True))
-    from distributed import Client
-
-    deadline = time.time() + 60
-    while True:
-        try:
-            with Client(addr, timeout=5) as c:
-                if len(c.scheduler_info()["workers"]) == len(worker_args):
-                    break
-        except OSError:
-            pass
-        if time.time() > deadline:
-            raise RuntimeError("loopback cluster did not start: " + (tmp_path / "scheduler.log").read_text()[-2000:])
-        time.sleep(0.5)
-    return addr, procs
-
-
-def _stop(procs):
-    for p in procs:
-        os.killpg(p.pid, signal.SIGTERM)
-    for p in procs:
-        try:
-            p.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(p.pid, signal.SIGKILL)
 
 
 @pytest.fixture
 def loopback_cluster(tmp_path):
-    addr, procs = _start(tmp_path, [[], []])
+    addr, procs = start_loopback_cluster(tmp_path, [[], []])
     yield addr
-    _stop(procs)
+    stop_processes(procs)
 
 
 def test_run_on_external_scheduler_matches_local(demo_dir, loopback_cluster, capsys):
     assert main(["run", str(demo_dir / "run.yaml"), "--scheduler", loopback_cluster, "--quiet"]) == 0
-    remote = {p: zarr.open_array(str(demo_dir / "movie.popseg.zarr" / "labels" / p / "0"), mode="r")[...]
+    remote = {p: read_labels(demo_dir / "movie.popseg.zarr", p)
               for p in ("targets", "effectors")}
     rec = dict(zarr.open_group(str(demo_dir / "movie.popseg.zarr"), mode="r").attrs)["popseg"]
     assert rec["complete"] and rec["n_workers"] == 2
     shutil.rmtree(demo_dir / "movie.popseg.zarr")
     assert main(["run", str(demo_dir / "run.yaml"), "--workers", "1", "--quiet"]) == 0
     for p, arr in remote.items():
-        local = zarr.open_array(str(demo_dir / "movie.popseg.zarr" / "labels" / p / "0"), mode="r")[...]
+        local = read_labels(demo_dir / "movie.popseg.zarr", p)
         assert np.array_equal(local, arr)
 
 
@@ -113,7 +63,7 @@ def test_resources_reach_the_scheduler(demo_dir, tmp_path, monkeypatch):
     cfg = yaml.safe_load((demo_dir / "run.yaml").read_text())
     cfg["populations"]["targets"] = {**cfg["populations"]["targets"], "segmenter": "gpu-threshold", "tile": [96, 96]}
     (demo_dir / "gpu.yaml").write_text(yaml.safe_dump(cfg))
-    addr, procs = _start(tmp_path, [["--resources", "GPU=1"], []])
+    addr, procs = start_loopback_cluster(tmp_path, [["--resources", "GPU=1"], []])
     try:
         with Client(addr) as client:
             workers = client.scheduler_info()["workers"]
@@ -133,4 +83,4 @@ def test_resources_reach_the_scheduler(demo_dir, tmp_path, monkeypatch):
         # the CPU population's tasks were not restricted (they may run on either worker)
         assert len(where["whole-effectors"]) == 4  # untiled frames: one task each (tile and merge in one)
     finally:
-        _stop(procs)
+        stop_processes(procs)

@@ -20,6 +20,8 @@ import yaml
 import zarr
 from test_remote_scheduler import _start, _stop
 
+from conftest import read_labels
+
 from popseg_dask.cli import main
 
 POPS = ("targets", "effectors")
@@ -38,12 +40,12 @@ def long_movie(tmp_path_factory):
     cfg["populations"] = {k: {**v, "tile": 128} for k, v in cfg["populations"].items()}
     (root / "clean.yaml").write_text(yaml.safe_dump({**cfg, "output": "clean.zarr"}))
     assert main(["run", str(root / "clean.yaml"), "--workers", "2", "--quiet"]) == 0
-    clean = {p: zarr.open_array(str(root / "clean.zarr" / "labels" / p / "0"), mode="r")[...] for p in POPS}
+    clean = {p: read_labels(root / "clean.zarr", p) for p in POPS}
     return root, cfg, clean
 
 
 def _labels(out: Path) -> dict[str, np.ndarray]:
-    return {p: zarr.open_array(str(out / "labels" / p / "0"), mode="r")[...] for p in POPS}
+    return {p: read_labels(out, p) for p in POPS}
 
 
 def _segmented(out: Path) -> int:
@@ -135,17 +137,18 @@ def test_numbering_refuses_a_record_whose_count_differs(tmp_path):
     import zarr
 
     from popseg_dask.io.ledger import Ledger
-    from popseg_dask.tasks import _number_task
+    from popseg_dask._engine.worker import number_task
+    from popseg_dask.stitch import FrameInfo, FrameResult
 
     prov = np.zeros((1, 4, 4), np.uint32)
     prov[0, 0, 0], prov[0, 2, 2] = 1, 11
     zarr.create_array(str(tmp_path / "scratch"), shape=prov.shape, chunks=prov.shape, dtype=np.uint32)[...] = prov
     zarr.create_array(str(tmp_path / "final"), shape=prov.shape, chunks=prov.shape, dtype=np.uint32)
-    Ledger(str(tmp_path / "ledger")).save_frame("cells", 0, np.array([1, 11]), {"count": 2})
+    Ledger(str(tmp_path / "ledger")).save_frame("cells", 0, FrameResult(np.array([1, 11]), FrameInfo(count=2)))
     args = (str(tmp_path / "scratch"), str(tmp_path / "final"), [0], [(0, 4, 0, 4)], str(tmp_path / "ledger"),
             "cells", [5], "<u4")
     with pytest.raises(RuntimeError, match="2 objects recorded, 3 counted"):
-        _number_task(*args, [3])
-    assert _number_task(*args, [2]) == 1
+        number_task(*args, [3])
+    assert number_task(*args, [2]) == 1
     out = zarr.open_array(str(tmp_path / "final"), mode="r")[0]
     assert out[0, 0] == 6 and out[2, 2] == 7 and (out > 0).sum() == 2

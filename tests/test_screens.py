@@ -11,6 +11,8 @@ import tifffile
 import yaml
 import zarr
 
+from conftest import read_labels
+
 from popseg_dask.cli import main
 from popseg_dask.synthetic import DEMO_CONFIG, make_movie
 
@@ -23,7 +25,7 @@ def movies():
 
 
 def _labels(out, pop="targets"):
-    return zarr.open_array(str(out / "labels" / pop / "0"), mode="r")[...]
+    return read_labels(out, pop)
 
 
 def _single(tmp_path, movie, name):

@@ -188,7 +188,7 @@ def test_object_spanning_four_tiles_and_the_whole_frame():
     assert np.array_equal(got, ref) and got.max() == 1
     # with a halo smaller than the square, no tile sees it whole: it is re-segmented
     got, info = segment_frame(seg, frame, tile=96, halo=20)
-    assert np.array_equal(got, ref) and info["regions"] >= 1
+    assert np.array_equal(got, ref) and info.regions >= 1
     assert abs(int((got == 1).sum()) - 110 * 110) <= 4   # the median filter rounds the corners
     frame[0] = 300                                # foreground everywhere: no background at all
     got, info = segment_frame(ThresholdSegmenter.from_config(CONFIGS["watershed"], ["0"]), frame, tile=64)

@@ -6,20 +6,15 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-import zarr
+
+from conftest import read_labels, start_loopback_cluster, stop_processes
 
 from popseg_dask.cli import main
 
-DASK = Path(sys.executable).with_name("dask")
 
 
 def _key():
@@ -69,52 +64,18 @@ def make_pki(folder: Path, names=("scheduler", "worker", "client")) -> dict[str,
     return out
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def tls_cluster(tmp_path):
-    pki = make_pki(tmp_path / "pki")
-    port = _free_port()
-    addr = f"tls://127.0.0.1:{port}"
-    tls = lambda who: ["--tls-ca-file", pki["ca"][0], "--tls-cert", pki[who][0], "--tls-key", pki[who][1]]  # noqa
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    procs = [subprocess.Popen([str(DASK), "scheduler", "--protocol", "tls", "--host", "127.0.0.1", "--port",
-                               str(port), "--dashboard-address", "127.0.0.1:0", *tls("scheduler")], env=env,
-                              stdout=subprocess.DEVNULL, stderr=open(tmp_path / "scheduler.log", "w"),
-                              start_new_session=True)]
-    procs.append(subprocess.Popen([str(DASK), "worker", addr, "--host", "127.0.0.1", "--nthreads", "1",
-                                   *tls("worker")], env=env, stdout=subprocess.DEVNULL,
-                                  stderr=open(tmp_path / "worker.log", "w"), start_new_session=True))
-    from distributed import Client
     from distributed.security import Security
 
+    pki = make_pki(tmp_path / "pki")
+    tls = lambda who: ["--tls-ca-file", pki["ca"][0], "--tls-cert", pki[who][0], "--tls-key", pki[who][1]]  # noqa
     sec = Security(tls_ca_file=pki["ca"][0], tls_client_cert=pki["client"][0], tls_client_key=pki["client"][1],
                    require_encryption=True)
-    deadline = time.time() + 60
-    while True:
-        try:
-            with Client(addr, security=sec, timeout=5) as c:
-                if len(c.scheduler_info()["workers"]) == 1:
-                    break
-        except OSError:
-            pass
-        if time.time() > deadline:
-            raise RuntimeError("TLS cluster did not start: " + (tmp_path / "scheduler.log").read_text()[-2000:])
-        time.sleep(0.5)
+    addr, procs = start_loopback_cluster(tmp_path, [tls("worker")], protocol="tls", scheduler_args=tls("scheduler"),
+                                         security=sec)
     yield addr, pki
-    for p in procs:
-        os.killpg(p.pid, signal.SIGTERM)
-    for p in procs:
-        try:
-            p.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(p.pid, signal.SIGKILL)
+    stop_processes(procs)
 
 
 def test_tls_run_with_certificates_matches_local(demo_dir, tls_cluster, tmp_path, capsys):
@@ -122,9 +83,9 @@ def test_tls_run_with_certificates_matches_local(demo_dir, tls_cluster, tmp_path
     creds = ["--tls-ca-file", pki["ca"][0], "--tls-cert", pki["client"][0], "--tls-key", pki["client"][1]]
     assert main(["run", str(demo_dir / "run.yaml"), "--scheduler", addr, "--quiet", *creds]) == 0
     out = demo_dir / "movie.popseg.zarr"
-    remote = zarr.open_array(str(out / "labels" / "targets" / "0"), mode="r")[...]
+    remote = read_labels(out, "targets")
     assert main(["run", str(demo_dir / "run.yaml"), "--workers", "1", "--quiet", "--overwrite"]) == 0
-    assert np.array_equal(remote, zarr.open_array(str(out / "labels" / "targets" / "0"), mode="r")[...])
+    assert np.array_equal(remote, read_labels(out, "targets"))
 
 
 def test_tls_scheduler_refuses_clients_without_the_right_certificate(demo_dir, tls_cluster, tmp_path, capsys):

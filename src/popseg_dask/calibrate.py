@@ -13,7 +13,6 @@ not slower than whole frames only when whole frames do not fit in a worker's mem
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from typing import Any
@@ -57,13 +56,6 @@ class _PeakRSS:
         return (self.peak - self.base) / 2**20
 
 
-def _cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
-
-
 def calibrate(config: RunConfig, *, frames: int = 3, tiles: list[int] | None = None) -> dict[str, Any]:
     """Measure each population on a few frames and recommend how to run the movie.
 
@@ -84,53 +76,61 @@ def calibrate(config: RunConfig, *, frames: int = 3, tiles: list[int] | None = N
     """
     import psutil
 
-    from .cluster import detect_gpus
+    from .cluster import default_workers, detect_gpus
     from .pipeline import plan_run
-    from .tasks import segment_frame
 
     if frames < 1:
         raise PopsegError(f"--frames must be >= 1, got {frames}")
     plan = plan_run(config)
     movie = plan.movie
-    n_t, Y, X = movie.sizes["t"], movie.sizes["y"], movie.sizes["x"]
+    n_t, (Y, X) = plan.n_frames, plan.frame_shape
     picks = sorted(set(np.linspace(0, n_t - 1, min(frames, n_t)).round().astype(int).tolist()))
     sizes = tiles if tiles is not None else [s for s in (512, 1024) if s < max(Y, X)]
-    cores, free_mb = _cores(), psutil.virtual_memory().available / 2**20
+    cores, free_mb = default_workers(), psutil.virtual_memory().available / 2**20
     gpus = detect_gpus()
     out: dict[str, Any] = {"machine": {"cores": cores, "free_memory_mb": round(free_mb), "gpus": len(gpus)},
                            "movie": {"frames": n_t, "shape": [Y, X], "timed_frames": picks}, "populations": {}}
     for job in plan.jobs:
-        seg = job.segmenter
-        if hasattr(seg, "on_device"):
-            seg.on_device("cpu")
-        pix = {t: np.asarray(movie.data[t, job.channel_index].compute()) for t in picks}
-        stats = seg.movie_stats({t: np.asarray(movie.data[t, job.channel_index].compute())
-                                 for t in seg.reference_frames()}) if seg.reference_frames() else None
-        segment_frame(seg, pix[picks[0]], tile=None, stats=stats)  # warm-up: imports, model load, caches
-        variants = {}
-        for tile in [None, *sizes]:
-            if seg.whole_frame_reason and tile is not None:
-                continue
-            secs, peak, objects = [], 0.0, 0
-            for t in picks:
-                with _PeakRSS() as mem:
-                    t0 = time.perf_counter()
-                    try:
-                        labels, _ = segment_frame(seg, pix[t], tile=tile, stats=stats)
-                    except PopsegError:
-                        secs = []
-                        break
-                    secs.append(time.perf_counter() - t0)
-                peak = max(peak, mem.mb)
-                objects += int(labels.max())
-            if secs:
-                variants["none" if tile is None else str(tile)] = {
-                    "s_per_frame": float(np.median(secs)), "peak_task_mb": round(peak + pix[picks[0]].nbytes / 2**20, 1),
-                    "objects_per_frame": objects / len(secs)}
-        out["populations"][job.name] = {"segmenter": seg.name, "variants": variants,
-                                        "gpu_capable": "gpu" in getattr(seg, "devices", ("cpu",))}
+        out["populations"][job.name] = _measure(job, config.populations[job.name], movie, picks, sizes)
     out["recommendation"] = _recommend(out, cores, free_mb, n_t, len(gpus))
     return out
+
+
+def _measure(job, spec, movie, picks: list[int], sizes: list[int]) -> dict[str, Any]:
+    """Seconds per frame and peak task memory of one population, whole and per tile size, through
+    the run's own tile policy (``segment_frame``)."""
+    from .pipeline import segment_frame
+
+    seg = job.segmenter.on_device("cpu")
+    pix = {t: np.asarray(movie.data[t, job.channel_index].compute()) for t in picks}
+    refs = seg.reference_frames()
+    stats = seg.movie_stats({t: np.asarray(movie.data[t, job.channel_index].compute()) for t in refs}) if refs else None
+
+    def one(t, tile):
+        return segment_frame(seg, pix[t], tile=tile, halo=spec.halo, stats=stats, tile_memory_mb=spec.tile_memory_mb)
+
+    one(picks[0], None)  # warm-up: imports, model load, caches
+    variants = {}
+    for tile in [None, *sizes]:
+        if seg.whole_frame_reason and tile is not None:
+            continue  # the policy would run it whole: nothing new to time
+        secs, peak, objects = [], 0.0, 0
+        for t in picks:
+            with _PeakRSS() as mem:
+                t0 = time.perf_counter()
+                try:
+                    labels, _ = one(t, tile)
+                except PopsegError:
+                    secs = []
+                    break
+                secs.append(time.perf_counter() - t0)
+            peak = max(peak, mem.mb)
+            objects += int(labels.max())
+        if secs:
+            variants["none" if tile is None else str(tile)] = {
+                "s_per_frame": float(np.median(secs)), "peak_task_mb": round(peak + pix[picks[0]].nbytes / 2**20, 1),
+                "objects_per_frame": objects / len(secs)}
+    return {"segmenter": seg.name, "variants": variants, "gpu_capable": "gpu" in seg.devices}
 
 
 def _recommend(res: dict, cores: int, free_mb: float, n_t: int, n_gpus: int) -> dict[str, Any]:

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from .errors import PopsegError
+from .io.layout import OutputLayout
 
 __all__ = ["main"]
 
@@ -221,7 +222,7 @@ def _cmd_demo(args) -> int:
     print(f"\nresults (F1 at IoU 0.5 against the ground truth), demo wall time {wall:.1f} s:")
     worst = 1.0
     for name, pop in record["populations"].items():
-        pred = zarr.open_array(str(output / "labels" / name / "0"), mode="r")[...]
+        pred = zarr.open_array(str(OutputLayout(output).label_array(name)), mode="r")[...]
         f1 = f1_score(pred, movie.truth[name], iou=0.5)
         worst = min(worst, f1)
         true_n = sum(len(set(movie.truth[name][t].ravel()) - {0}) for t in range(len(pred)))
@@ -272,7 +273,14 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="popseg", description="Population-specific segmentation of microscopy movies on Dask.")
     p.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
     sub = p.add_subparsers(dest="command", required=True)
+    _add_run_commands(sub)
+    _add_exchange_commands(sub)
+    _add_tool_commands(sub)
+    return p
 
+
+def _add_run_commands(sub) -> None:
+    """run, measure, report: a movie to labels, tables and a QC report."""
     r = sub.add_parser("run", help="segment every population of a movie")
     r.add_argument("config", help="YAML configuration")
     _cluster_args(r)
@@ -299,6 +307,9 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--frames", type=int, default=4, help="frames in the overlay montage")
     q.set_defaults(func=_cmd_report)
 
+
+def _add_exchange_commands(sub) -> None:
+    """export, import, view, export-training, train: labels to and from other tools, and models."""
     e = sub.add_parser("export", help="export labels to another tool's layout")
     e.add_argument("format", choices=["celldetective"])
     e.add_argument("output", help="the output store of a run")
@@ -345,6 +356,9 @@ def _parser() -> argparse.ArgumentParser:
     tr.add_argument("--overwrite", action="store_true")
     tr.set_defaults(func=_cmd_train)
 
+
+def _add_tool_commands(sub) -> None:
+    """bench, demo, inspect."""
     b = sub.add_parser("bench", help="time a few frames of your movie and recommend tiles and workers")
     b.add_argument("config", help="YAML configuration (nothing is written)")
     b.add_argument("--frames", type=int, default=3, help="frames to time, evenly spaced")
@@ -371,7 +385,6 @@ def _parser() -> argparse.ArgumentParser:
     i.add_argument("--dims", help="axis letters of a plain Zarr array or TIFF, e.g. tcyx")
     i.add_argument("--json", action="store_true")
     i.set_defaults(func=_cmd_inspect)
-    return p
 
 
 def main(argv: list[str] | None = None) -> int:

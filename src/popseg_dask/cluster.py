@@ -13,6 +13,7 @@ import logging
 import os
 from collections.abc import Iterator
 
+from .compat import adopt_new_workers
 from .errors import PopsegError
 
 __all__ = ["open_client", "default_workers", "detect_gpus", "adaptive_malloc"]
@@ -138,7 +139,6 @@ def open_client(
     security : distributed.security.Security, optional
         TLS credentials for a ``tls://`` scheduler (see :func:`make_security`).
     """
-    from distributed import Client
 
     if cluster and cluster not in ("local", "slurm", "slurm-runner"):
         if "://" not in cluster:
@@ -162,6 +162,15 @@ def open_client(
         with _slurm_runner() as client:
             yield client
         return
+    with _embedded(n_workers, threads_per_worker, dashboard, gpu_workers) as client:
+        yield client
+
+
+@contextlib.contextmanager
+def _embedded(n_workers: int | None, threads_per_worker: int, dashboard: bool, gpu_workers: int | None):
+    """A LocalCluster of worker processes (plus pinned GPU workers) and its client."""
+    from distributed import Client
+
     # The scheduler of an embedded cluster lives in this process: keep its INFO chatter
     # out of the user's terminal (warnings and errors still show).
     for name in ("distributed", "distributed.scheduler", "distributed.nanny", "distributed.core"):
@@ -209,7 +218,7 @@ def _local_cluster(n: int, n_gpu: int, gpus: list[str], ids: list[str], threads_
         for i, dev in enumerate(ids):
             opts = {**base, "resources": {"GPU": 1}, "env": {**(base.get("env") or {}), "CUDA_VISIBLE_DEVICES": dev}}
             cluster.worker_spec[f"gpu-{i}"] = {"cls": Nanny, "options": opts}
-        cluster.sync(cluster._correct_state)
+        adopt_new_workers(cluster)
     return cluster
 
 

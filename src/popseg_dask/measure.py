@@ -20,14 +20,12 @@ import numpy as np
 import pandas as pd
 
 from .errors import PopsegError
+from .io.layout import OutputLayout
 
-__all__ = ["measure_frame", "contacts", "neighbours_within", "measure_output", "read_measurements", "SHAPE_COLUMNS"]
+__all__ = ["measure_frame", "contacts", "neighbours_within", "measure_output", "read_measurements"]
 
 _SHAPE = ("area", "bbox", "centroid", "perimeter", "eccentricity", "solidity", "axis_major_length",
           "axis_minor_length")
-SHAPE_COLUMNS = ("id", "frame", "population", "centroid_y_px", "centroid_x_px", "centroid_y_um", "centroid_x_um",
-                 "area_px", "area_um2", "bbox_y0", "bbox_x0", "bbox_y1", "bbox_x1", "perimeter_px", "eccentricity",
-                 "solidity", "axis_major_px", "axis_minor_px")
 
 
 def measure_frame(labels: np.ndarray, image: np.ndarray, channels: list[str], *, frame: int, population: str,
@@ -142,7 +140,7 @@ def _measure_task(output: str, populations: list[str], record: dict, t: int, rad
 
     movie = open_run_input(record)
     image = np.asarray(movie.data[t].compute(scheduler="sync"))
-    labels = {p: zarr.open_array(str(Path(output) / "labels" / p / "0"), mode="r")[t] for p in populations}
+    labels = {p: zarr.open_array(str(OutputLayout(output).label_array(p)), mode="r")[t] for p in populations}
     return _frame_table(labels, image, [str(c) for c in movie.c.values], movie.attrs["pixel_size_um"], t, radius_um)
 
 
@@ -156,12 +154,12 @@ def measure_output(output: Path | str, *, client=None, radius_um: float = 20.0, 
     import dask
     import dask.dataframe as dd
 
-    from .io.labels import read_run_record
+    from .io.record import read_run_record
     from .io.movie import open_run_input
 
     output = Path(output)
     rec = read_run_record(output)
-    dest = output / "measurements.parquet"
+    dest = OutputLayout(output).measurements
     if dest.exists() and not overwrite:
         raise PopsegError(f"{dest} exists; pass --overwrite to measure again")
     populations = list(rec["populations"])
@@ -178,7 +176,7 @@ def measure_output(output: Path | str, *, client=None, radius_um: float = 20.0, 
         import shutil
 
         shutil.rmtree(dest)
-    tmp = output / "measurements.parquet.partial"
+    tmp = dest.with_name(dest.name + ".partial")
     write = ddf.to_parquet(str(tmp), partition_on=["population"], write_index=False, compute=False)
     if client is not None:
         fut = client.compute(write)

@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from .io.layout import OutputLayout
+
 __all__ = ["write_report", "overlay", "POPULATION_COLOURS"]
 
 POPULATION_COLOURS = ["#ff3b30", "#34c759", "#0a84ff", "#ffd60a", "#bf5af2", "#ff9f0a", "#64d2ff"]
@@ -55,23 +57,29 @@ def write_report(output: Path | str, *, frames: int = 4, measurements: bool = Tr
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import zarr
-
-    from .io.labels import read_run_record
-    from .io.movie import open_run_input
+    from .io.record import read_run_record
 
     output = Path(output)
     rec = read_run_record(output)
     pops = list(rec["populations"])
     colours = {p: POPULATION_COLOURS[i % len(POPULATION_COLOURS)] for i, p in enumerate(pops)}
-    out = output / "report"
+    out = OutputLayout(output).report_dir
     out.mkdir(exist_ok=True)
-    n_t = len(rec["populations"][pops[0]]["objects_per_frame"])
+    areas = _areas(output, pops, measurements)
+    _plot_counts(out / "objects_per_frame.png", rec, colours)
+    _plot_areas(out / "areas.png", areas, colours)
+    _plot_overlays(out / "overlay.png", output, rec, colours, frames)
+    _plot_timings(out / "timings.png", rec)
+    html_path = out / "index.html"
+    html_path.write_text(_page(rec, pops, colours, areas))
+    return html_path
 
-    # objects per frame
+
+def _plot_counts(path: Path, rec, colours: dict[str, str]) -> None:
+    import matplotlib.pyplot as plt
+
     fig, ax = plt.subplots(figsize=(7, 3.2), dpi=110)
-    for p in pops:
+    for p in colours:
         ax.plot(rec["populations"][p]["objects_per_frame"], marker="o", ms=3, color=colours[p], label=p)
     ax.set_xlabel("frame")
     ax.set_ylabel("objects")
@@ -79,13 +87,15 @@ def write_report(output: Path | str, *, frames: int = 4, measurements: bool = Tr
     ax.legend(frameon=False)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(out / "objects_per_frame.png")
+    fig.savefig(path)
     plt.close(fig)
 
-    # areas
-    areas = _areas(output, pops, measurements)
+
+def _plot_areas(path: Path, areas: dict[str, np.ndarray], colours: dict[str, str]) -> None:
+    import matplotlib.pyplot as plt
+
     fig, ax = plt.subplots(figsize=(7, 3.2), dpi=110)
-    for p in pops:
+    for p in colours:
         if len(areas[p]):
             ax.hist(areas[p], bins=40, histtype="stepfilled", alpha=0.45, color=colours[p], label=f"{p} (n={len(areas[p])})")
     ax.set_xlabel("area (px)")
@@ -93,42 +103,51 @@ def write_report(output: Path | str, *, frames: int = 4, measurements: bool = Tr
     ax.set_title("Object areas, all frames")
     ax.legend(frameon=False)
     fig.tight_layout()
-    fig.savefig(out / "areas.png")
+    fig.savefig(path)
     plt.close(fig)
 
-    # overlay montage
+
+def _plot_overlays(path: Path, output: Path, rec, colours: dict[str, str], frames: int) -> None:
+    """Contours of every population over a few frames spread through the movie."""
+    import matplotlib.pyplot as plt
+    import zarr
+
+    from .io.movie import open_run_input
+
+    pops = list(colours)
     movie = open_run_input(rec)
+    n_t = len(rec["populations"][pops[0]]["objects_per_frame"])
     picks = sorted(set(np.linspace(0, n_t - 1, min(frames, n_t)).round().astype(int).tolist()))
+    arrays = {p: zarr.open_array(str(OutputLayout(output).label_array(p)), mode="r") for p in pops}
     fig, axes = plt.subplots(1, len(picks), figsize=(4.2 * len(picks), 4.6), dpi=110, squeeze=False)
     for ax, t in zip(axes[0], picks):
         image = np.asarray(movie.data[t].compute())
-        labs = {p: zarr.open_array(str(output / "labels" / p / "0"), mode="r")[t] for p in pops}
+        labs = {p: arrays[p][t] for p in pops}
         ax.imshow(overlay(image, labs, colours), interpolation="nearest")
         ax.set_title(f"frame {t}: " + ", ".join(f"{p} {len(np.unique(labs[p])) - 1}" for p in pops), fontsize=9)
         ax.axis("off")
     handles = [plt.Line2D([], [], color=colours[p], lw=3, label=p) for p in pops]
     fig.legend(handles=handles, loc="lower center", ncol=len(pops), frameon=False)
     fig.tight_layout(rect=(0, 0.06, 1, 0.96))
-    fig.savefig(out / "overlay.png")
+    fig.savefig(path)
     plt.close(fig)
 
-    # timings
+
+def _plot_timings(path: Path, rec) -> None:
+    import matplotlib.pyplot as plt
+
     timings = {k.removesuffix("_s"): v for k, v in rec.get("timings", {}).items() if k != "total_s"}
     fig, ax = plt.subplots(figsize=(7, 2.6), dpi=110)
     ax.barh(list(timings), list(timings.values()), color="#8e8e93")
     ax.set_xlabel("seconds")
     ax.set_title(f"Time per stage (total {rec['timings'].get('total_s', 0):.1f} s on {rec.get('n_workers')} worker(s))")
     fig.tight_layout()
-    fig.savefig(out / "timings.png")
+    fig.savefig(path)
     plt.close(fig)
-
-    html_path = out / "index.html"
-    html_path.write_text(_page(rec, pops, colours, areas))
-    return html_path
 
 
 def _areas(output: Path, pops: list[str], use_table: bool) -> dict[str, np.ndarray]:
-    table = output / "measurements.parquet"
+    table = OutputLayout(output).measurements
     if use_table and table.exists():
         import pandas as pd
 
@@ -138,7 +157,7 @@ def _areas(output: Path, pops: list[str], use_table: bool) -> dict[str, np.ndarr
 
     out = {}
     for p in pops:
-        arr = zarr.open_array(str(output / "labels" / p / "0"), mode="r")
+        arr = zarr.open_array(str(OutputLayout(output).label_array(p)), mode="r")
         sizes = []
         for t in range(arr.shape[0]):
             lab = arr[t]

@@ -27,6 +27,8 @@ from typing import Any, Callable
 
 from .config import RunConfig
 from .errors import PopsegError
+from .io.celldetective import experiment_channels
+from .io.layout import input_stem
 
 __all__ = ["Position", "Screen", "find_positions", "run_screen"]
 
@@ -84,8 +86,6 @@ def _plate_positions(path: Path, out: Path) -> list[Position]:
 
 
 def _experiment_positions(path: Path, out: Path, config: RunConfig) -> list[Position]:
-    from .io.celldetective import _channels
-
     cfg = configparser.ConfigParser()
     try:
         cfg.read(path / "config.ini")
@@ -95,7 +95,7 @@ def _experiment_positions(path: Path, out: Path, config: RunConfig) -> list[Posi
     prefix = movie.get("movie_prefix", "")
     overrides: dict[str, Any] = {}
     if config.channels is None:
-        overrides["channels"] = _channels(cfg)
+        overrides["channels"] = experiment_channels(cfg)
     if config.pixel_size_um is None:
         try:
             px = float(movie.get("pxtoum", "nan"))
@@ -121,7 +121,7 @@ def find_positions(config: RunConfig) -> Screen | None:
     if inputs is not None:
         out = config.resolve(config.output) if config.output else config.base_dir / "screen.popseg"
         paths = [config.resolve(p) for p in inputs]
-        names = [p.name.split(".")[0] for p in paths]
+        names = [input_stem(p) for p in paths]
         if len(set(names)) != len(names):
             raise PopsegError(f"the movies of 'input' must have distinct names (their outputs are named after "
                               f"them); got {names}")
@@ -129,7 +129,7 @@ def find_positions(config: RunConfig) -> Screen | None:
     path = config.resolve(config.input)
     if not path.is_dir():
         return None
-    out = config.resolve(config.output) if config.output else path.parent / f"{path.name.split('.')[0]}.popseg"
+    out = config.resolve(config.output) if config.output else path.parent / f"{input_stem(path)}.popseg"
     if (path / "config.ini").is_file():
         return Screen(_experiment_positions(path, out, config), out)
     if _plate(path) is not None:

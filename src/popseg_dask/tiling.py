@@ -15,11 +15,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Iterator
+import logging
+from typing import Any, Iterator
 
 from .errors import PopsegError
 
-__all__ = ["Tile", "TilePlan", "plan_tiles", "auto_tile_size"]
+__all__ = ["Tile", "TilePlan", "plan_tiles", "auto_tile_size", "tile_policy"]
+
+log = logging.getLogger(__name__)
 
 # float64 working copies dominate a segmenter's memory: about this many bytes per window pixel.
 BYTES_PER_PIXEL = 64
@@ -137,3 +140,49 @@ def plan_tiles(frame_shape: tuple[int, int], tile, halo: int, *, memory_bytes: f
             f"use a tile larger than {halo} (or tile: none)"
         )
     return plan
+
+
+def tile_policy(segmenter: Any, frame_shape: tuple[int, int], tile="auto", halo: int | None = None, *,
+                memory_mb: float = 1024, population: str = "") -> tuple[Any, TilePlan]:
+    """The one tile policy: how a population's frames are cut, for a run, ``segment_frame`` and
+    ``popseg bench`` alike.
+
+    * The window padding is the segmenter's exactness margin plus room for a whole object
+      (``halo + object_size``), so an object cut by a core edge is seen whole by the tile that
+      holds its anchor; a user's ``halo`` replaces it (a network takes it as its context, see
+      ``Segmenter.with_context``; an exact margin larger than it only means more merges).
+    * A segmenter with a ``whole_frame_reason`` runs whole frames, whatever ``tile`` says.
+    * Tiles and halo are rounded to the segmenter's ``align``.
+
+    Parameters
+    ----------
+    segmenter : Segmenter
+    frame_shape : (Y, X)
+    tile : "auto", "none", None, int or (ty, tx)
+    halo : int, optional
+        The user's window padding.
+    memory_mb : float
+        Memory a tile task may use (for ``tile: auto``).
+    population : str
+        For messages.
+
+    Returns
+    -------
+    segmenter : Segmenter
+        The segmenter for these windows (a copy when the user's halo changed its context).
+    plan : TilePlan
+    """
+    who = f"population {population}" if population else f"segmenter {segmenter.name}"
+    if halo is None:
+        pad = segmenter.halo + segmenter.object_size
+    else:
+        pad = halo
+        segmenter = segmenter.with_context(halo)
+        if halo < segmenter.halo:
+            log.warning("%s: halo %d is below the segmenter's margin %d; more objects will be "
+                        "re-segmented in merged regions (results stay exact)", who, halo, segmenter.halo)
+    if segmenter.whole_frame_reason and tile not in (None, "none"):
+        log.warning("%s: frames are segmented whole: %s", who, segmenter.whole_frame_reason)
+        tile = "none"
+    return segmenter, plan_tiles(frame_shape, tile, pad, memory_bytes=memory_mb * 2**20,
+                                 clamp_halo=halo is None, align=segmenter.align)

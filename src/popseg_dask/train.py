@@ -108,29 +108,10 @@ def export_training(output: Path | str | None, population: str | None, out: Path
     dict
         The dataset's metadata (also written to ``out/dataset.json``).
     """
-    import tifffile
-
-    from .io.movie import open_movie, open_run_input
-
     out = Path(out)
     if tiles < 1:
         raise PopsegError(f"--tiles must be >= 1, got {tiles}")
-    if output is not None:
-        from .io.labels import LabelStore, read_run_record
-
-        record = read_run_record(output)
-        pops = record.get("populations", {})
-        if population not in pops:
-            raise PopsegError(f"population {population!r} is not in {output}; it has {sorted(pops)}")
-        mov = open_run_input(record)
-        chans = list(channels or pops[population]["channels"])
-        lab_path = Path(labels) if labels else LabelStore(output).label_path(population) / "0"
-    else:
-        if movie is None or labels is None or not channels:
-            raise PopsegError("without a popseg output, give --movie, --labels and --channels")
-        mov = open_movie(Path(movie))
-        chans = list(channels)
-        lab_path = Path(labels)
+    mov, chans, lab_path = _training_sources(output, population, labels, movie, channels)
     names = [str(c) for c in mov.c.values]
     missing = [c for c in chans if c not in names]
     if missing:
@@ -147,12 +128,45 @@ def export_training(output: Path | str | None, population: str | None, out: Path
         shutil.rmtree(out)
     tmp = out.with_name(out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
+    items = _write_pairs(tmp, mov, lab, picked, [names.index(c) for c in chans], tiles)
+    meta = {"channels": chans, "pixel_size_um": mov.attrs.get("pixel_size_um"),
+            "normalization": {"mode": DEFAULT_SCALING.mode, "low": DEFAULT_SCALING.low,
+                              "high": DEFAULT_SCALING.high, "clip": DEFAULT_SCALING.clip, "scope": "frame"},
+            "source": {"labels": str(lab_path), "movie": str(mov.attrs["source"]["path"]),
+                       "population": population},
+            "items": items}
+    (tmp / DATASET_FILE).write_text(json.dumps(meta, indent=1))
+    tmp.rename(out)  # a dataset appears only once complete
+    return meta
+
+
+def _training_sources(output, population, labels, movie, channels):
+    """The movie, the channels and the label image to export: from a run's output, or given."""
+    from .io.movie import open_movie, open_run_input
+
+    if output is None:
+        if movie is None or labels is None or not channels:
+            raise PopsegError("without a popseg output, give --movie, --labels and --channels")
+        return open_movie(Path(movie)), list(channels), Path(labels)
+    from .io.layout import OutputLayout
+    from .io.record import read_run_record
+
+    record = read_run_record(output)
+    pops = record.get("populations", {})
+    if population not in pops:
+        raise PopsegError(f"population {population!r} is not in {output}; it has {sorted(pops)}")
+    lab_path = Path(labels) if labels else OutputLayout(output).label_array(population)
+    return open_run_input(record), list(channels or pops[population]["channels"]), lab_path
+
+
+def _write_pairs(tmp: Path, mov, lab: np.ndarray, picked: list[int], idx: list[int], tiles: int) -> list[dict]:
+    """Image and mask TIFFs of each picked frame, cut into ``tiles x tiles``; one item per pair."""
+    import tifffile
+
     (tmp / "images").mkdir(parents=True)
     (tmp / "masks").mkdir()
-    idx = [names.index(c) for c in chans]
-    Y, X = mov.sizes["y"], mov.sizes["x"]
-    ys = np.linspace(0, Y, tiles + 1).astype(int)
-    xs = np.linspace(0, X, tiles + 1).astype(int)
+    ys = np.linspace(0, mov.sizes["y"], tiles + 1).astype(int)
+    xs = np.linspace(0, mov.sizes["x"], tiles + 1).astype(int)
     items = []
     for t in picked:
         frame = np.asarray(mov.data[t if lab.shape[0] > 1 else 0][idx].compute())
@@ -166,15 +180,7 @@ def export_training(output: Path | str | None, population: str | None, out: Path
                 tifffile.imwrite(tmp / "masks" / f"{stem}.tif", msk)
                 items.append({"name": stem, "frame": t, "origin": [int(ys[i]), int(xs[j])],
                               "objects": int(msk.max()), "scaling": np.nan_to_num(lohi).tolist()})
-    meta = {"channels": chans, "pixel_size_um": mov.attrs.get("pixel_size_um"),
-            "normalization": {"mode": DEFAULT_SCALING.mode, "low": DEFAULT_SCALING.low,
-                              "high": DEFAULT_SCALING.high, "clip": DEFAULT_SCALING.clip, "scope": "frame"},
-            "source": {"labels": str(lab_path), "movie": str(mov.attrs["source"]["path"]),
-                       "population": population},
-            "items": items}
-    (tmp / DATASET_FILE).write_text(json.dumps(meta, indent=1))
-    tmp.rename(out)  # a dataset appears only once complete
-    return meta
+    return items
 
 
 def _sequential(labels: np.ndarray) -> np.ndarray:
@@ -286,11 +292,19 @@ def train_model(kind: str, dataset: Path | str, out: Path | str, *, base: Path |
     train_s = time.perf_counter() - t0
     f1 = [f1_score(predict(x), y, 0.5) for x, y in zip(Xv, Yv)]
     f1_9 = [f1_score(predict(x), y, 0.9) for x, y in zip(Xv, Yv)]
-    n = meta["normalization"]
-    c = len(meta["channels"])
     result = {"model": str(out), "kind": kind, "train_s": round(train_s, 1), "train_tiles": len(X),
               "validation_tiles": len(Xv), "validation_f1": float(np.mean(f1)),
               "validation_f1_09": float(np.mean(f1_9)), "base": str(base) if base else None}
+    config_input = _model_metadata(kind, meta, masks, dataset, extra, result)
+    (tmp / "config_input.json").write_text(json.dumps(config_input, indent=1))
+    tmp.rename(out)  # a model folder appears only once complete
+    return result
+
+
+def _model_metadata(kind: str, meta: dict, masks, dataset, extra: dict, result: dict) -> dict[str, Any]:
+    """The model folder's Celldetective-style ``config_input.json``: channels, scaling, and popseg's facts."""
+    n = meta["normalization"]
+    c = len(meta["channels"])
     config_input = {
         "channels": meta["channels"], "model_type": kind,
         "spatial_calibration": meta.get("pixel_size_um"),
@@ -302,9 +316,7 @@ def train_model(kind: str, dataset: Path | str, out: Path | str, *, base: Path |
     }
     if kind == "cellpose":
         config_input["diameter"] = extra["diameter"]
-    (tmp / "config_input.json").write_text(json.dumps(config_input, indent=1))
-    tmp.rename(out)  # a model folder appears only once complete
-    return result
+    return config_input
 
 
 def _augment(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -20,7 +20,8 @@ def napari_layers(output: Path | str) -> list[tuple[Any, dict, str]]:
     """
     import dask.array as da
 
-    from .io.labels import read_run_record
+    from .io.layout import OutputLayout
+    from .io.record import read_run_record
     from .io.movie import open_run_input
 
     output = Path(output)
@@ -33,7 +34,7 @@ def napari_layers(output: Path | str) -> list[tuple[Any, dict, str]]:
         layers.append((movie.data[:, i], {"name": str(c), "colormap": _COLORMAPS[i % len(_COLORMAPS)],
                                           "blending": "additive", "scale": scale}, "image"))
     for p in rec["populations"]:
-        path = output / "labels" / p / "0"
+        path = OutputLayout(output).label_array(p)
         if path.exists():
             layers.append((da.from_zarr(str(path)), {"name": p, "scale": scale, "opacity": 0.5}, "labels"))
     return layers

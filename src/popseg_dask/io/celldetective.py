@@ -15,8 +15,9 @@ from typing import Any
 import numpy as np
 
 from ..errors import PopsegError
+from .layout import OutputLayout
 
-__all__ = ["export_labels", "import_experiment"]
+__all__ = ["experiment_channels", "export_labels", "import_experiment"]
 
 
 def export_labels(output: Path | str, experiment: Path | str, *, well: str = "W1", position: str = "100",
@@ -37,7 +38,7 @@ def export_labels(output: Path | str, experiment: Path | str, *, well: str = "W1
 
     from ..stitch import canonical_relabel
 
-    from .labels import read_run_record
+    from .record import read_run_record
 
     output = Path(output)
     rec = read_run_record(output)
@@ -62,7 +63,7 @@ def export_labels(output: Path | str, experiment: Path | str, *, well: str = "W1
         d.mkdir(parents=True, exist_ok=True)
         for old in d.glob("*.tif"):
             old.unlink()
-        arr = zarr.open_array(str(output / "labels" / p / "0"), mode="r")
+        arr = zarr.open_array(str(OutputLayout(output).label_array(p)), mode="r")
         for t in range(arr.shape[0]):
             lab, n = canonical_relabel(arr[t])
             tifffile.imwrite(d / f"{t:04d}.tif", lab.astype(np.uint16), imagej=True, metadata={"axes": "YX"})
@@ -70,7 +71,8 @@ def export_labels(output: Path | str, experiment: Path | str, *, well: str = "W1
     return written
 
 
-def _channels(cfg: configparser.ConfigParser) -> list[str]:
+def experiment_channels(cfg: configparser.ConfigParser) -> list[str]:
+    """The channel names of a Celldetective experiment's ``config.ini``, in index order."""
     if not cfg.has_section("Channels"):
         raise PopsegError("config.ini has no [Channels] section; is this a Celldetective experiment?")
     found = []
@@ -102,7 +104,7 @@ def import_experiment(experiment: Path | str) -> dict[str, Any]:
         cfg.read(ini)
     except configparser.Error as err:
         raise PopsegError(f"{ini} cannot be parsed: {err}") from None
-    channels = _channels(cfg)
+    channels = experiment_channels(cfg)
     movie = dict(cfg.items("MovieSettings")) if cfg.has_section("MovieSettings") else {}
     prefix = movie.get("movie_prefix", "")
     movies = sorted(exp.glob(f"W*/*/movie/{prefix}*.tif"))

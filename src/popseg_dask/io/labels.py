@@ -1,16 +1,8 @@
 """Write label images as OME-NGFF ``image-label`` groups, one per population.
 
-Layout of an output store (``<output>``)::
-
-    <output>/                     root group; attrs["popseg"] holds the run record
-    <output>/labels/              attrs: the NGFF 'labels' list
-    <output>/labels/<population>/ multiscales + image-label metadata
-    <output>/labels/<population>/0  uint32 (t, y, x) array, one chunk row per frame
-    <output>/.popseg/scratch/     per-frame local labels, removed when the run completes
-
-NGFF 0.5 (Zarr v3) is written by default; 0.4 (Zarr v2) when labels are added in place
-to a 0.4 image. Every array chunk has exactly one writer: chunks are ``(1, cy, cx)``
-and a task always writes whole frames.
+Where things go is :class:`~popseg_dask.io.layout.OutputLayout`'s to say. NGFF 0.5 (Zarr v3) is
+written by default; 0.4 (Zarr v2) when labels are added in place to a 0.4 image. Every array
+chunk has exactly one writer: chunks are ``(1, cy, cx)`` and a task always writes whole frames.
 """
 
 from __future__ import annotations
@@ -24,10 +16,10 @@ import numpy as np
 import zarr
 
 from ..errors import PopsegError
+from .layout import RECORD_KEY, OutputLayout
+from .record import RunRecord, stored_record
 
-__all__ = ["LabelStore", "label_chunks", "read_run_record"]
-
-RECORD_KEY = "popseg"
+__all__ = ["LabelStore", "create_scratch", "label_chunks", "relative_source"]
 
 
 def label_chunks(shape_yx: tuple[int, int], max_chunk: int = 2048) -> tuple[int, int, int]:
@@ -54,19 +46,9 @@ class LabelStore:
         if ngff_version not in ("0.4", "0.5"):
             raise ValueError(f"unsupported NGFF version {ngff_version}")
         self.root = Path(root)
+        self.paths = OutputLayout(self.root)
         self.ngff_version = ngff_version
         self.zarr_format = 3 if ngff_version == "0.5" else 2
-
-    # ----------------------------------------------------------- paths
-    def label_path(self, population: str) -> Path:
-        return self.root / "labels" / population
-
-    def scratch_path(self, population: str) -> Path:
-        return self.root / ".popseg" / "scratch" / population
-
-    def state_path(self) -> Path:
-        """Where the run's ledger (per-frame completion) lives until the run completes."""
-        return self.root / ".popseg"
 
     # ----------------------------------------------------------- creation
     def prepare(self, *, overwrite: bool, in_place: bool, populations: list[str],
@@ -101,12 +83,12 @@ class LabelStore:
             shutil.rmtree(self.root)
         if in_place:
             for pop in populations:
-                if self.label_path(pop).exists():
+                if self.paths.label_group(pop).exists():
                     if not overwrite:
                         raise PopsegError(
                             f"labels for population '{pop}' already exist in {self.root}; pass --overwrite to replace them"
                         )
-                    shutil.rmtree(self.label_path(pop))
+                    shutil.rmtree(self.paths.label_group(pop))
         try:
             self.root.parent.mkdir(parents=True, exist_ok=True)
             zarr.open_group(str(self.root), mode="a", zarr_format=self.zarr_format)
@@ -114,26 +96,7 @@ class LabelStore:
             raise PopsegError(f"cannot write output {self.root}: permission denied; choose a writable 'output'") from None
         except OSError as err:
             raise PopsegError(f"cannot write output {self.root}: {err.strerror}; choose a writable 'output'") from None
-        shutil.rmtree(self.root / ".popseg", ignore_errors=True)
         return "fresh"
-
-    def create_scratch(self, population: str, shape: tuple[int, int, int], tile: tuple[int, int],
-                       dtype=np.uint32) -> str:
-        """Create (or, resuming, reopen) the scratch array of a population's provisional ids,
-        chunked by the tile cores."""
-        p = self.scratch_path(population)
-        if p.exists():
-            try:
-                old = zarr.open_array(str(p), mode="r")
-                if old.shape == tuple(shape) and old.chunks == (1, *tile) and old.dtype == np.dtype(dtype):
-                    return str(p)
-            except Exception:
-                pass  # unreadable leftovers: start the array again
-        zarr.create_array(
-            store=str(p), shape=shape, chunks=(1, *tile), dtype=dtype,
-            fill_value=0, zarr_format=self.zarr_format, overwrite=True,
-        )
-        return str(p)
 
     def create_labels(
         self,
@@ -150,18 +113,18 @@ class LabelStore:
 
         With ``keep``, an existing one of the same shape and dtype (a resumed run's) is kept.
         """
-        grp_path = self.label_path(population)
-        if keep and (grp_path / "0").exists():
+        grp_path, arr_path = self.paths.label_group(population), self.paths.label_array(population)
+        if keep and arr_path.exists():
             try:
-                old = zarr.open_array(str(grp_path / "0"), mode="r")
+                old = zarr.open_array(str(arr_path), mode="r")
                 if old.shape == tuple(shape) and old.dtype == np.dtype(dtype):
-                    return str(grp_path / "0")
+                    return str(arr_path)
             except Exception:
                 pass
-        labels_grp = zarr.open_group(str(self.root / "labels"), mode="a", zarr_format=self.zarr_format)
+        labels_grp = zarr.open_group(str(self.paths.labels_group), mode="a", zarr_format=self.zarr_format)
         grp = zarr.open_group(str(grp_path), mode="w", zarr_format=self.zarr_format)
         zarr.create_array(
-            store=str(grp_path / "0"), shape=shape, chunks=label_chunks(shape[1:]), dtype=dtype,
+            store=str(arr_path), shape=shape, chunks=label_chunks(shape[1:]), dtype=dtype,
             fill_value=0, zarr_format=self.zarr_format, overwrite=True,
             dimension_names=["t", "y", "x"] if self.zarr_format == 3 else None,
         )
@@ -189,48 +152,39 @@ class LabelStore:
             labels_grp.attrs["ome"] = {"version": "0.5", "labels": names}
         else:
             labels_grp.attrs["labels"] = names
-        return str(grp_path / "0")
+        return str(arr_path)
 
     # ----------------------------------------------------------- records
-    def write_record(self, record: dict[str, Any]) -> None:
-        """Store the run record in the root group's attributes (and as JSON beside it)."""
+    def write_record(self, record: RunRecord) -> None:
+        """Store the run record in the root group's attributes."""
         grp = zarr.open_group(str(self.root), mode="a", zarr_format=self.zarr_format)
         grp.attrs[RECORD_KEY] = record
 
-    def read_record(self) -> dict[str, Any] | None:
-        try:
-            grp = zarr.open_group(str(self.root), mode="r")
-        except Exception:
-            return None
-        return dict(grp.attrs).get(RECORD_KEY)
+    def read_record(self) -> RunRecord | None:
+        return stored_record(self.root)
 
     def mark_population(self, population: str, info: dict[str, Any]) -> None:
-        grp = zarr.open_group(str(self.label_path(population)), mode="a", zarr_format=self.zarr_format)
+        """Store a finished population's record in its label group's attributes."""
+        grp = zarr.open_group(str(self.paths.label_group(population)), mode="a", zarr_format=self.zarr_format)
         grp.attrs[RECORD_KEY] = info
 
-    def drop_scratch(self) -> None:
-        shutil.rmtree(self.root / ".popseg", ignore_errors=True)
+
+def create_scratch(path: Path | str, shape: tuple[int, int, int], tile: tuple[int, int], dtype,
+                   zarr_format: int) -> str:
+    """Create (or, resuming, reopen) a scratch array chunked by the tile cores; returns its path."""
+    p = Path(path)
+    if p.exists():
+        try:
+            old = zarr.open_array(str(p), mode="r")
+            if old.shape == tuple(shape) and old.chunks == (1, *tile) and old.dtype == np.dtype(dtype):
+                return str(p)
+        except Exception:
+            pass  # unreadable leftovers: start the array again
+    zarr.create_array(store=str(p), shape=shape, chunks=(1, *tile), dtype=dtype, fill_value=0,
+                      zarr_format=zarr_format, overwrite=True)
+    return str(p)
 
 
 def relative_source(label_group: Path, image: Path) -> str:
     """``image-label.source.image``: the image's path relative to the label group."""
     return os.path.relpath(Path(image).resolve(), Path(label_group).resolve())
-
-
-def read_run_record(output: Path | str, *, complete: bool = True) -> dict[str, Any]:
-    """The run record of a popseg output store.
-
-    Raises
-    ------
-    PopsegError
-        If ``output`` is not a popseg output, or (with ``complete``) its run did not finish.
-    """
-    try:
-        rec = dict(zarr.open_group(str(output), mode="r").attrs).get(RECORD_KEY)
-    except Exception:
-        rec = None
-    if not rec:
-        raise PopsegError(f"{output} is not a popseg output (no run record); give the folder `popseg run` wrote")
-    if complete and not rec.get("complete"):
-        raise PopsegError(f"the run in {output} is not complete; re-run `popseg run` to finish it first")
-    return rec

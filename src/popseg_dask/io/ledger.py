@@ -1,8 +1,7 @@
 """What a run has finished, frame by frame, kept on disk beside its output so a re-run resumes.
 
-Layout under ``<output>/.popseg/``::
+Layout under ``<output>/.popseg/`` (:attr:`OutputLayout.ledger <popseg_dask.io.layout.OutputLayout.ledger>`)::
 
-    run.json                       fingerprint of the run (config, input, tiles, segmenters)
     frames/<population>/t000042.npz    anchors + stitching info of frame 42, written by the
                                        frame's merge task after its pixels are in the scratch array
     numbered/<population>/t000042      empty marker, written after frame 42's final ids
@@ -10,18 +9,23 @@ Layout under ``<output>/.popseg/``::
 A frame counts as segmented only once its ``.npz`` exists, and files appear whole (written to a
 temporary name, flushed, then renamed), so a run killed at any moment leaves either a finished
 frame or none. The final ids of a frame depend on the counts of all earlier frames, which never
-change once written, so numbering is repeated safely.
+change once written, so numbering is repeated safely. Which run the records belong to is the
+run record's ``fingerprint`` (in the output's root attributes), checked before a run resumes.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from ..stitch import FrameInfo, FrameResult
 
 __all__ = ["Ledger", "fingerprint"]
 
@@ -47,30 +51,26 @@ class Ledger:
     def __init__(self, root: Path | str):
         self.root = Path(root)
 
-    # ------------------------------------------------------------------ run identity
-    def fingerprint(self) -> str | None:
-        try:
-            return json.loads((self.root / "run.json").read_text())["fingerprint"]
-        except (OSError, ValueError, KeyError):
-            return None
-
-    def start(self, fp: str) -> None:
-        _atomic_write(self.root / "run.json", lambda fh: fh.write(json.dumps({"fingerprint": fp}).encode()))
+    def clear(self) -> None:
+        """Remove every record (and the scratch arrays kept beside them): a fresh or finished run."""
+        shutil.rmtree(self.root, ignore_errors=True)
 
     # ------------------------------------------------------------------ pass 1: segmented frames
     def frame_path(self, population: str, t: int) -> Path:
         return self.root / "frames" / population / f"t{t:06d}.npz"
 
-    def save_frame(self, population: str, t: int, anchors: np.ndarray, info: dict) -> None:
+    def save_frame(self, population: str, t: int, result: FrameResult) -> None:
         """Record frame ``t`` of ``population`` as segmented (call after its pixels are written)."""
         def write(fh):
-            np.savez(fh, anchors=np.asarray(anchors, np.int64), info=np.asarray(json.dumps(info)))
+            np.savez(fh, anchors=np.asarray(result.anchors, np.int64),
+                     info=np.asarray(json.dumps(dataclasses.asdict(result.info))))
 
         _atomic_write(self.frame_path(population, t), write)
 
-    def load_frame(self, population: str, t: int) -> tuple[np.ndarray, dict]:
+    def load_frame(self, population: str, t: int) -> FrameResult:
+        """What :meth:`save_frame` recorded for frame ``t``."""
         with np.load(self.frame_path(population, t)) as z:
-            return z["anchors"], json.loads(str(z["info"]))
+            return FrameResult(z["anchors"], FrameInfo(**json.loads(str(z["info"]))))
 
     def segmented(self, population: str, n_frames: int) -> np.ndarray:
         """Boolean mask of the frames already segmented."""

@@ -1,45 +1,22 @@
 """The segmenter protocol.
 
-A segmenter turns pixels into a label image. It is a plain, picklable Python object
-that knows nothing of Dask: the pipeline decides where and on what block it runs.
+A segmenter turns pixels into a label image. It is a plain, picklable Python object that knows
+nothing of Dask: the engine decides where and on what block it runs. Every part of the protocol,
+required or optional, is declared on :class:`Segmenter` with its default and its docstring;
+:func:`protocol_markdown` renders that list (the README's plugin section is generated from it).
 
-Contract
---------
-* ``Params``: a pydantic model of the population keys it accepts (unknown keys are
-  errors). It is built as ``cls(params, channel_names)`` where ``channel_names`` are
-  the movie's channels.
-* ``channels``: the movie channels it reads, in the order they appear in ``block``.
-* ``halo``: pixels of context needed on each side of a tile. A group of objects (a *cluster*,
-  see ``link``) whose pixels are all at least ``halo`` pixels from every cut of a window must
-  come out of that window exactly as from the whole frame.
-* ``link``: objects closer than this (Chebyshev, pixels) may influence each other's
-  segmentation and are resolved together (0: objects are independent).
-* ``object_size``: the largest object (or cluster) expected, in pixels; tile windows are padded
-  by ``halo + object_size`` so that most cut objects are resolved by a neighbouring tile.
-* ``whole_frame_reason``: set when the segmenter cannot be tiled exactly (frames then run whole).
-* ``resources``: Dask worker resources its tasks need (e.g. ``{"GPU": 1}``), or None.
-* ``reference_frames()``: frames whose pixels its movie-level statistics need
-  (e.g. a histogram reference); ``movie_stats(frames)`` reduces them once per run.
-* ``__call__(block, stats)``: ``block`` is a ``(c, y, x)`` array in the movie's dtype,
-  ``stats`` what ``movie_stats`` returned (None if it needs none). Returns an integer
-  ``(y, x)`` label image, 0 for background; ids need not be ordered or contiguous —
-  the pipeline renumbers them canonically.
-* Tiles: ``frame_stats``/``tile_stats``/``reduce_tile_stats`` compute statistics of the whole
-  frame before any tile is segmented (defaults: none), and ``segment_window(block, stats, ctx)``
-  segments a padded window (default: ``__call__``), returning the labels, the *support* mask
-  whose clusters decide exactness (default: the labels' foreground), and a vote that the frame
-  must be segmented whole (default: False).
-
-Heavy state (a neural network) must be loaded lazily on first call, once per worker
-process, never pickled with the object.
+Heavy state (a neural network) must be loaded lazily on first call, once per worker process,
+never pickled with the object.
 """
 
 from __future__ import annotations
 
+import inspect
+import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Sequence
 
 import numpy as np
 from pydantic import ValidationError
@@ -47,19 +24,32 @@ from pydantic import ValidationError
 from ..config import Strict, validation_message
 from ..errors import PopsegError
 
-__all__ = ["Segmenter", "WindowContext", "TileGrid", "resolve_channel"]
+if TYPE_CHECKING:
+    from ..tiling import TilePlan
+
+__all__ = ["BuildContext", "Segmenter", "WindowContext", "protocol_markdown", "resolve_channel"]
 
 
 @dataclass(frozen=True)
-class TileGrid:
-    """The geometry of a frame's tiles, as statistics reductions need it."""
+class BuildContext:
+    """What a segmenter is built against, besides its own keys.
 
-    frame_shape: tuple[int, int]
-    tile: tuple[int, int]
+    ``channel_names``: the movie's channels; ``base_dir``: the config file's folder (for relative
+    paths in the keys); ``population``: its name (for messages); ``pixel_size_um``: the movie's
+    pixel size, when known (models trained at another one rescale).
+    """
 
-    @property
-    def shape(self) -> tuple[int, int]:
-        return -(-self.frame_shape[0] // self.tile[0]), -(-self.frame_shape[1] // self.tile[1])
+    channel_names: tuple[str, ...]
+    base_dir: Path = Path(".")
+    population: str = ""
+    pixel_size_um: float | None = None
+
+    @classmethod
+    def of(cls, context: "BuildContext | Sequence[str]") -> "BuildContext":
+        """A context as given, or one made from a list of channel names (scripts, tests)."""
+        if isinstance(context, BuildContext):
+            return context
+        return cls(tuple(str(c) for c in context))
 
 
 @dataclass(frozen=True, eq=False)
@@ -103,7 +93,45 @@ def resolve_channel(channel: str | int, channel_names: Sequence[str], population
 
 
 class Segmenter(ABC):
-    """Base class of segmenter plugins (see the module docstring for the contract)."""
+    """Base class of segmenter plugins: the whole protocol, each part with its default.
+
+    A subclass sets :attr:`name`, :attr:`Params` and :attr:`channels` and implements
+    :meth:`__call__`; every other part is optional. It is built by :meth:`from_config` only.
+
+    Attributes
+    ----------
+    name : str
+        The name a population gives as ``segmenter:`` (required).
+    Params : pydantic model
+        The population keys it accepts; unknown keys are errors (required).
+    channels : list of str
+        The movie channels it reads, in the order they appear in ``block`` (required).
+    halo : int
+        Pixels of context needed on each side of a window: a cluster whose pixels all lie ``halo``
+        pixels or more from every cut of a window comes out of it exactly as from the whole frame.
+    link : int
+        Objects closer than this (Chebyshev, pixels) may influence each other's segmentation and
+        are resolved together as one cluster (0: independent).
+    object_size : int
+        The largest object (or cluster) expected, in pixels; windows are padded by
+        ``halo + object_size`` so that a cut object is resolved whole by a neighbouring tile.
+    align : int
+        Windows start on multiples of this (a network that downsamples by 16 sees the same
+        pooling blocks in every window); tile sizes and halo are rounded up to it.
+    objects_independent : bool
+        Each object is its own cluster (networks): touching cells never chain into one blob.
+    whole_frame_reason : str or None
+        Set when this configuration cannot be tiled exactly; its frames then run whole.
+    devices : tuple of str
+        Devices it can run on: ``("cpu",)`` or ``("cpu", "gpu")``.
+    resources : dict or None
+        Dask worker resources its segment tasks need (e.g. ``{"GPU": 1}``), set by :meth:`on_device`.
+    needs_frame_stats : bool
+        Run :meth:`frame_stats` on each whole frame before its tiles.
+    needs_tile_stats : bool
+        Run :meth:`tile_stats` on each tile's core and :meth:`reduce_tile_stats` on all of them
+        before any tile is segmented (frame-wide facts computed tile by tile).
+    """
 
     name: ClassVar[str]
     Params: ClassVar[type[Strict]]
@@ -112,24 +140,42 @@ class Segmenter(ABC):
     halo: int = 0
     link: int = 0
     object_size: int = 0
+    align: int = 1
+    objects_independent: bool = False
+    whole_frame_reason: str | None = None
+    devices: tuple[str, ...] = ("cpu",)
     resources: dict[str, float] | None = None
     needs_frame_stats: bool = False
     needs_tile_stats: bool = False
-    whole_frame_reason: str | None = None
 
     @classmethod
-    def from_config(cls, params: dict[str, Any], channel_names: Sequence[str], *,
-                    base_dir: Path = Path("."), population: str = "") -> "Segmenter":
-        """Validate a population's keys with :attr:`Params` and build the segmenter.
+    def from_config(cls, params: dict[str, Any], context: BuildContext | Sequence[str]) -> "Segmenter":
+        """Validate a population's keys with :attr:`Params` and build ``cls(params, context)``.
 
-        ``base_dir`` is the config file's folder, for paths in ``params``.
-        Plugins whose constructor takes ``(params, channel_names)`` need not override this.
+        ``context`` is a :class:`BuildContext` (or just the movie's channel names). Override it
+        to read keys before validation (e.g. a file the keys point to).
         """
+        ctx = BuildContext.of(context)
         try:
             p = cls.Params(**params)
         except ValidationError as err:
-            raise PopsegError("config error: " + validation_message(err, f"populations.{population}")) from None
-        return cls(p, channel_names)
+            raise PopsegError("config error: " + validation_message(err, f"populations.{ctx.population}")) from None
+        return cls(p, ctx)
+
+    def on_device(self, device: str) -> "Segmenter":
+        """This segmenter set to run on ``device`` (one of :attr:`devices`); a copy, never mutated.
+
+        Default: itself (a CPU segmenter). GPU-capable ones set :attr:`resources` on the copy.
+        """
+        return self
+
+    def with_context(self, halo: int) -> "Segmenter":
+        """This segmenter for windows padded by a user's ``halo``; a copy, never mutated.
+
+        Default: itself — an exact margin stays what it is (a smaller halo only means more
+        re-segmented regions). Networks, whose margin is an estimate, take the user's instead.
+        """
+        return self
 
     def reference_frames(self) -> list[int]:
         """Frames whose pixels :meth:`movie_stats` needs (default: none)."""
@@ -140,34 +186,80 @@ class Segmenter(ABC):
         return None
 
     def frame_stats(self, frame: np.ndarray, stats: Any) -> Any:
-        """Statistics of a whole frame ``(c, y, x)`` (run when ``needs_frame_stats``)."""
+        """Statistics of a whole frame ``(c, y, x)`` (run when :attr:`needs_frame_stats`)."""
         return stats
 
     def tile_stats(self, block: np.ndarray, stats: Any, ctx: WindowContext,
                    core: tuple[slice, slice]) -> tuple[Any, np.ndarray | None]:
-        """Partial frame statistics from one tile's core (run when ``needs_tile_stats``).
+        """Partial frame statistics from one tile's core (run when :attr:`needs_tile_stats`).
 
-        Returns the partial (small, sent to ``reduce_tile_stats``) and optionally an int32
-        array of the core's shape that the pipeline stores and hands back, windowed, as
+        Returns the partial (small, sent to :meth:`reduce_tile_stats`) and optionally an int32
+        array of the core's shape that the engine stores and hands back, windowed, as
         ``ctx.aux`` when segmenting.
         """
         return None, None
 
-    def reduce_tile_stats(self, partials: list, stats: Any, grid: "TileGrid") -> Any:
-        """Combine the tiles' partial statistics (in grid order) into the frame's."""
+    def reduce_tile_stats(self, partials: list, stats: Any, plan: "TilePlan | None" = None) -> Any:
+        """Combine the tiles' partial statistics (in the order of ``plan``'s tiles) into the frame's."""
         return stats
 
     @abstractmethod
     def __call__(self, block: np.ndarray, stats: Any = None) -> np.ndarray:
-        """Segment one block ``(c, y, x)`` into an integer ``(y, x)`` label image."""
+        """Segment a whole frame ``(c, y, x)`` into an integer ``(y, x)`` label image (0: background).
+
+        Ids need not be ordered or contiguous: they are renumbered canonically.
+        """
 
     def segment_window(self, block: np.ndarray, stats: Any, ctx: WindowContext
                        ) -> tuple[np.ndarray, np.ndarray, bool]:
-        """Segment a window of a frame: (labels, support mask, whole-frame vote)."""
+        """Segment a window of a frame: (labels, support mask, whole-frame vote).
+
+        The support's clusters decide exactness. Default: :meth:`__call__`, its foreground, no vote.
+        """
         labels = self(block, stats)
         return labels, labels > 0, False
 
     def describe(self) -> dict[str, Any]:
-        """What goes into the run record about this segmenter."""
+        """What the run record says about this segmenter."""
         return {"segmenter": self.name, "channels": list(self.channels), "halo": self.halo,
                 "link": self.link, "resources": self.resources}
+
+
+def _attribute_docs(doc: str) -> list[tuple[str, str, str]]:
+    """(name, type, description) of each entry of a numpydoc 'Attributes' section."""
+    lines = inspect.cleandoc(doc).splitlines()
+    start = lines.index("Attributes") + 2
+    out: list[tuple[str, str, str]] = []
+    for line in lines[start:]:
+        if line and not line.startswith(" "):
+            name, _, kind = line.partition(" : ")
+            out.append((name.strip(), kind.strip(), ""))
+        elif line.strip() and out:
+            name, kind, text = out[-1]
+            out[-1] = (name, kind, (text + " " + line.strip()).strip())
+    return out
+
+
+PROTOCOL_METHODS = ("from_config", "__call__", "on_device", "with_context", "reference_frames", "movie_stats",
+                    "frame_stats", "tile_stats", "reduce_tile_stats", "segment_window", "describe")
+
+
+def _md(text: str) -> str:
+    """reST of a docstring as Markdown table text: roles dropped, literals single-quoted, pipes escaped."""
+    text = re.sub(r":(?:meth|attr|class|func):`~?([^`]+)`", r"`\1`", text).replace("``", "`")
+    return text.replace("|", "\\|")
+
+
+def protocol_markdown() -> str:
+    """The protocol as a Markdown table, from :class:`Segmenter` itself (README's plugin section)."""
+    rows = ["| part | default | what it is |", "|---|---|---|"]
+    for name, kind, text in _attribute_docs(Segmenter.__doc__ or ""):
+        default = "required" if name in ("name", "Params", "channels") else f"`{getattr(Segmenter, name)!r}`"
+        rows.append(f"| `{name}` ({_md(kind)}) | {default} | {_md(text.removesuffix(' (required).').rstrip('.') + '.')} |")
+    for name in PROTOCOL_METHODS:
+        fn = getattr(Segmenter, name)
+        sig = str(inspect.signature(fn)).replace("'", "").replace('"', "")
+        first = " ".join(inspect.getdoc(fn).split("\n\n")[0].split())
+        required = "required" if getattr(fn, "__isabstractmethod__", False) else "optional"
+        rows.append(f"| `{_md(name + sig)}` | {required} | {_md(first)} |")
+    return "\n".join(rows) + "\n"

@@ -28,6 +28,7 @@ from typing import Any, Sequence
 import numpy as np
 from pydantic import Field
 
+from ..compat import cellpose_forward
 from ..errors import PopsegError
 from .base import resolve_channel
 from .model import ModelParams, ModelSegmenter, torch_memory_bound
@@ -136,14 +137,14 @@ class CellposeSegmenter(ModelSegmenter):
                                batch_size=self.p.batch_size, min_size=self.p.min_size,
                                cellprob_threshold=cellprob_threshold, flow_threshold=flow_threshold)[0]
             return np.asarray(masks)
-        from cellpose import core, dynamics
+        from cellpose import dynamics
 
         Y, X, c = image.shape
         nchan = int(getattr(model.net, "nchan", None) or (self.meta.get("popseg") or {}).get("nchan") or 2)
         # the network pools 4 times: pad the far edges to a multiple of 16 (the near ones are aligned)
         x = np.zeros((1, nchan, -(-Y // 16) * 16, -(-X // 16) * 16), np.float32)
         x[0, :min(c, nchan), :Y, :X] = np.moveaxis(image, -1, 0)[:nchan]
-        y, _ = core._forward(model.net, x)
+        y, _ = cellpose_forward(model.net, x)
         y = y[0, :, :Y, :X]
         min_size = int(round(self.p.min_size * self.model_scale(model) ** 2))  # movie px -> network px
         # max_size_fraction=1: cellpose drops objects over 40 % of *its input*, which would make the

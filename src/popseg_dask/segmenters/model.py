@@ -22,6 +22,7 @@ one global grid, so overlapping windows feed the network identical pixels.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
@@ -33,13 +34,13 @@ from pathlib import Path
 from typing import Any, Callable, ClassVar, Literal, Sequence
 
 import numpy as np
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, model_validator
 from scipy import ndimage as ndi
 
-from ..config import Strict, validation_message
+from ..config import Strict
 from ..errors import PopsegError
 from ..normalize import ChannelScaling, apply_scaling, scaling_from_pixels
-from .base import Segmenter, WindowContext, resolve_channel
+from .base import BuildContext, Segmenter, WindowContext, resolve_channel
 
 __all__ = ["ModelParams", "ModelSegmenter", "cached_model", "model_loads", "read_model_metadata"]
 
@@ -143,8 +144,10 @@ class ModelSegmenter(Segmenter):
     objects_independent = True
     needs_frame_stats = True
 
-    def __init__(self, params: ModelParams, channel_names: Sequence[str], *, base_dir: Path = Path("."),
-                 population: str = "", pixel_size_um: float | None = None):
+    def __init__(self, params: ModelParams, context: BuildContext | Sequence[str]):
+        ctx = BuildContext.of(context)
+        channel_names, base_dir, population, pixel_size_um = (ctx.channel_names, ctx.base_dir, ctx.population,
+                                                              ctx.pixel_size_um)
         self.p = params
         self.population = population
         folder = Path(params.model)
@@ -177,15 +180,6 @@ class ModelSegmenter(Segmenter):
         self.halo = int(math.ceil(rf / self.scale)) + self.object_size
         self.needs_frame_stats = not self.p.normalize_frames and any(s.mode == "percentile" for s in self.scalings)
 
-    @classmethod
-    def from_config(cls, params: dict[str, Any], channel_names: Sequence[str], *, base_dir: Path = Path("."),
-                    population: str = "", pixel_size_um: float | None = None) -> "ModelSegmenter":
-        try:
-            p = cls.Params(**params)
-        except ValidationError as err:
-            raise PopsegError("config error: " + validation_message(err, f"populations.{population}")) from None
-        return cls(p, channel_names, base_dir=base_dir, population=population, pixel_size_um=pixel_size_um)
-
     # -- what subclasses provide
     @abstractmethod
     def inspect_model(self) -> dict[str, Any]:
@@ -204,20 +198,22 @@ class ModelSegmenter(Segmenter):
         return self.scale
 
     def with_context(self, halo: int) -> "ModelSegmenter":
-        """Take a user's ``halo`` as the context the network needs (plus one object).
+        """A copy that takes a user's ``halo`` as the context the network needs (plus one object).
 
         The receptive field is an upper bound; a smaller halo trades agreement with the untiled
         result near cuts for smaller windows. Threshold segmenters keep their exact margin instead.
         """
-        self.halo = max(1, int(halo) - self.object_size) if halo > self.object_size else max(1, int(halo) // 2)
-        return self
+        new = copy.copy(self)
+        new.halo = max(1, int(halo) - self.object_size) if halo > self.object_size else max(1, int(halo) // 2)
+        return new
 
     # -- device
     def on_device(self, device: str) -> "ModelSegmenter":
-        """This segmenter set to run on ``cpu`` or ``gpu`` (GPU tasks ask for a ``GPU`` resource)."""
-        self.use_gpu = device == "gpu"
-        self.resources = {"GPU": 1} if self.use_gpu else None
-        return self
+        """A copy set to run on ``cpu`` or ``gpu`` (GPU tasks ask for a ``GPU`` resource)."""
+        new = copy.copy(self)
+        new.use_gpu = device == "gpu"
+        new.resources = {"GPU": 1} if new.use_gpu else None
+        return new
 
     def model(self) -> Any:
         """The network, loaded once per worker process."""

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal, Sequence
 
@@ -33,12 +34,12 @@ from scipy import ndimage as ndi
 
 from ..config import Strict, validation_message
 from ..errors import PopsegError
-from .base import Segmenter, WindowContext, resolve_channel
+from .base import BuildContext, Segmenter, WindowContext, resolve_channel
 from .filters import (FRAME_GLOBAL, POSITION_DEPENDENT, apply_filters, edge_width, filter_support,
                       frame_filter_params, interpolate_nan, validate_filters)
 from .query import Query, QuerySyntaxError, parse_query
 
-__all__ = ["ThresholdParams", "ThresholdSegmenter", "fill_label_holes", "feature_names"]
+__all__ = ["FrameFacts", "ThresholdParams", "ThresholdSegmenter", "fill_label_holes", "feature_names"]
 
 # Per-object features a query may name (skimage regionprops names, as Celldetective exposes them).
 SHAPE_FEATURES = (
@@ -243,12 +244,48 @@ def _greedy_spacing(coords: np.ndarray, spacing: int) -> np.ndarray:
     return kept
 
 
-def _join_background(partials: list, grid) -> dict[str, Any]:
+@dataclass(frozen=True)
+class FrameFacts:
+    """Frame-wide facts of a threshold segmentation, computed before its tiles (never mutated).
+
+    Attributes
+    ----------
+    equalize_reference : array or None
+        The reference frame's pixels for histogram matching (movie statistics; dropped once the
+        frame's own table is computed).
+    equalize_table : (values, mapped) or None
+        The frame's histogram-matching table: each pixel value and what it maps to.
+    filter_params : dict or None
+        Frame-wide filter arguments (Otsu-type thresholds) per filter, in filter order.
+    whole : bool
+        The frame must be segmented whole (NaNs, or no background at all).
+    reduced : bool
+        The tiles' partial facts were reduced (``roi`` and the holes below are known).
+    roi : (y0, y1, x0, x1) or None
+        Box of the foreground inside skimage's peak-search border (None: no foreground there).
+    holes, hole_offsets, tile, grid_cols : arrays, tuple, int or None
+        Hole filling across tiles: which background components (numbered per core, offset per
+        core) are holes of the frame, and the core grid they are numbered on.
+    """
+
+    equalize_reference: np.ndarray | None = None
+    equalize_table: tuple[np.ndarray, np.ndarray] | None = None
+    filter_params: dict[int, Any] | None = None
+    whole: bool = False
+    reduced: bool = False
+    roi: tuple[int, int, int, int] | None = None
+    holes: np.ndarray | None = None
+    hole_offsets: np.ndarray | None = None
+    tile: tuple[int, int] | None = None
+    grid_cols: int | None = None
+
+
+def _join_background(partials: list, plan) -> dict[str, Any]:
     """Which background components of the cores are holes of the frame (union across cores)."""
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
 
-    gy, gx = grid.shape
+    gy, gx = plan.grid
     counts = np.asarray([p["n"] for p in partials], dtype=np.int64)
     offsets = np.concatenate([[0], np.cumsum(counts)])[:-1]
     total = int(counts.sum())
@@ -275,7 +312,7 @@ def _join_background(partials: list, grid) -> dict[str, Any]:
     np.logical_or.at(outside, comp[touches], True)
     holes = ~outside[comp]
     holes[0] = False
-    return {"holes": holes, "hole_offsets": offsets, "tile": grid.tile, "grid_cols": gx}
+    return {"holes": holes, "hole_offsets": offsets, "tile": tuple(plan.tile), "grid_cols": gx}
 
 
 def _holes_in_window(ctx, stats) -> np.ndarray:
@@ -284,13 +321,13 @@ def _holes_in_window(ctx, stats) -> np.ndarray:
     if aux is None:
         raise RuntimeError("hole filling in a tile needs the background components stored by tile_stats")
     oy, ox = ctx.origin
-    ty, tx = stats["tile"]
+    ty, tx = stats.tile
     H, W = aux.shape
     ti = (np.arange(oy, oy + H) // ty)[:, None]
     tj = (np.arange(ox, ox + W) // tx)[None, :]
-    k = ti * stats["grid_cols"] + tj
-    glob = stats["hole_offsets"][k] + aux
-    return (aux > 0) & stats["holes"][glob]
+    k = ti * stats.grid_cols + tj
+    glob = stats.hole_offsets[k] + aux
+    return (aux > 0) & stats.holes[glob]
 
 
 def flood_components(image: np.ndarray, markers: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -332,7 +369,9 @@ class ThresholdSegmenter(Segmenter):
     name = "threshold"
     Params = ThresholdParams
 
-    def __init__(self, params: ThresholdParams, channel_names: Sequence[str], population: str = ""):
+    def __init__(self, params: ThresholdParams, context: BuildContext | Sequence[str]):
+        ctx = BuildContext.of(context)
+        channel_names, population = ctx.channel_names, ctx.population
         self.params = params
         self.population = population
         who = f"population '{population}'" if population else "threshold segmenter"
@@ -362,24 +401,24 @@ class ThresholdSegmenter(Segmenter):
         self.edge = edge_width(params.filters) if params.edge_exclusion else None
 
     @classmethod
-    def from_config(cls, params: dict[str, Any], channel_names: Sequence[str], *,
-                    base_dir: Path = Path("."), population: str = "") -> "ThresholdSegmenter":
+    def from_config(cls, params: dict[str, Any], context: BuildContext | Sequence[str]) -> "ThresholdSegmenter":
         """Build from population keys, merging a Celldetective ``threshold_config`` JSON first.
 
-        Keys written in the population win over the JSON's.
+        Keys written in the population win over the JSON's; its path is relative to
+        ``context.base_dir``.
         """
+        ctx = BuildContext.of(context)
         merged = dict(params)
         if merged.get("threshold_config"):
             path = Path(merged["threshold_config"]).expanduser()
-            path = path if path.is_absolute() else base_dir / path
-            from_json = _load_threshold_json(path)
-            merged = {**from_json, **merged}
+            path = path if path.is_absolute() else ctx.base_dir / path
+            merged = {**_load_threshold_json(path), **merged}
             merged["threshold_config"] = str(path)
         try:
             p = ThresholdParams(**merged)
         except ValidationError as err:
-            raise PopsegError("config error: " + validation_message(err, f"populations.{population}")) from None
-        return cls(p, channel_names, population)
+            raise PopsegError("config error: " + validation_message(err, f"populations.{ctx.population}")) from None
+        return cls(p, ctx)
 
     # --------------------------------------------------------------- tiling facts
     @property
@@ -436,28 +475,27 @@ class ThresholdSegmenter(Segmenter):
     def movie_stats(self, frames: dict[int, np.ndarray]) -> Any:
         r = self.params.equalize_reference
         if r is None:
-            return {}
-        return {"equalize_reference": _inf_to_nan(frames[r])[0]}
+            return FrameFacts()
+        return FrameFacts(equalize_reference=_inf_to_nan(frames[r])[0])
 
-    def frame_stats(self, frame: np.ndarray, stats: Any) -> dict[str, Any]:
+    def frame_stats(self, frame: np.ndarray, stats: Any) -> FrameFacts:
         """Whole-frame facts: NaN present, histogram-matching table, Otsu-type thresholds."""
-        out = dict(stats or {})
+        out = stats or FrameFacts()
         frame = _inf_to_nan(np.asarray(frame))
         img = frame[0]
         if np.any(img != img):
             # Nearest-neighbour filling of NaNs reaches arbitrarily far: segment this frame whole.
-            out["whole"] = True
-            return out
+            return replace(out, whole=True)
+        table = None
         if self.params.equalize_reference is not None:
             from skimage.exposure import match_histograms
 
-            matched = match_histograms(img, out["equalize_reference"])
+            matched = match_histograms(img, out.equalize_reference)
             values, first = np.unique(img, return_index=True)
-            out["equalize_table"] = (values, matched.ravel()[first])
+            table = (values, matched.ravel()[first])
             img = matched
-        out["filter_params"] = frame_filter_params(img, self.params.filters)
-        out.pop("equalize_reference", None)
-        return out
+        return replace(out, equalize_table=table, filter_params=frame_filter_params(img, self.params.filters),
+                       equalize_reference=None)
 
     def tile_stats(self, block, stats, ctx, core):
         """Core's share of the frame facts: foreground box, background, background components.
@@ -466,8 +504,8 @@ class ThresholdSegmenter(Segmenter):
         the frame edge): each core labels its background components (stored per pixel) and
         reports those on its sides; the reduction joins them across cores.
         """
-        stats = stats or {}
-        if stats.get("whole"):
+        stats = stats or FrameFacts()
+        if stats.whole:
             return None, None
         return self._partial(self._binary(block, stats, ctx, fill=False), ctx, core, holes=self.params.fill_holes)
 
@@ -511,21 +549,20 @@ class ThresholdSegmenter(Segmenter):
             aux = comp.astype(np.int32)
         return part, aux
 
-    def reduce_tile_stats(self, partials, stats, grid=None):
-        out = dict(stats or {})
-        if out.get("whole"):
+    def reduce_tile_stats(self, partials, stats, plan=None):
+        out = stats or FrameFacts()
+        if out.whole:
             return out
         boxes = [p["box"] for p in partials if p is not None and p["box"] is not None]
         has_bg = any(p["has_bg"] for p in partials if p is not None)
+        roi = None
         if boxes:
             b = np.asarray(boxes)
-            out["roi"] = (int(b[:, 0].min()), int(b[:, 1].max()), int(b[:, 2].min()), int(b[:, 3].max()))
-        else:
-            out["roi"] = None
-        if not has_bg and out["roi"] is not None:
-            out["whole"] = True  # no background at all: the distance map has no zero; do it whole
-        if self.params.fill_holes and grid is not None:
-            out.update(_join_background(partials, grid))
+            roi = (int(b[:, 0].min()), int(b[:, 1].max()), int(b[:, 2].min()), int(b[:, 3].max()))
+        # no background at all: the distance map has no zero; do it whole
+        out = replace(out, reduced=True, roi=roi, whole=not has_bg and roi is not None)
+        if self.params.fill_holes and plan is not None:
+            out = replace(out, **_join_background(partials, plan))
         return out
 
     # --------------------------------------------------------------- segmentation
@@ -539,12 +576,12 @@ class ThresholdSegmenter(Segmenter):
     def segment_window(self, block, stats, ctx):
         """Segment a window; exact for clusters ``halo`` pixels from its artificial edges."""
         block = _inf_to_nan(np.asarray(block))
-        stats = dict(stats or {})
-        if stats.get("whole") and not ctx.is_whole_frame:
+        stats = stats or FrameFacts()
+        if stats.whole and not ctx.is_whole_frame:
             empty = np.zeros(block.shape[-2:], np.int32)
             return empty, empty.astype(bool), True
         binary = self._binary(block, stats, ctx, fill=False)
-        if ctx.is_whole_frame and self.params.do_watershed and "roi" not in stats:
+        if ctx.is_whole_frame and self.params.do_watershed and not stats.reduced:
             # a whole frame is its own single tile: its facts come from the mask just computed
             whole = (slice(0, binary.shape[0]), slice(0, binary.shape[1]))
             stats = self.reduce_tile_stats([self._partial(binary, ctx, whole, holes=False)[0]], stats)
@@ -561,7 +598,7 @@ class ThresholdSegmenter(Segmenter):
 
     @staticmethod
     def _fill(binary, stats, ctx) -> np.ndarray:
-        if ctx.is_whole_frame or "holes" not in stats:
+        if ctx.is_whole_frame or stats.holes is None:
             return fill_holes(binary)
         return binary | _holes_in_window(ctx, stats)
 
@@ -571,14 +608,14 @@ class ThresholdSegmenter(Segmenter):
         if np.any(img != img):
             img = interpolate_nan(img)  # only whole frames get here with NaNs (see frame_stats)
         if p.equalize_reference is not None:
-            if "equalize_table" in stats:
-                values, mapped = stats["equalize_table"]
+            if stats.equalize_table is not None:
+                values, mapped = stats.equalize_table
                 img = mapped[np.searchsorted(values, img)]
             else:
                 from skimage.exposure import match_histograms
 
-                img = match_histograms(img, stats["equalize_reference"])
-        img = apply_filters(img, p.filters, stats.get("filter_params"))
+                img = match_histograms(img, stats.equalize_reference)
+        img = apply_filters(img, p.filters, stats.filter_params)
         lo, hi = p.thresholds
         valid = img == img
         binary = np.zeros(img.shape, dtype=bool)
@@ -605,7 +642,7 @@ class ThresholdSegmenter(Segmenter):
         search box a maximum), which only a whole frame can settle.
         """
         p = self.params
-        roi = stats.get("roi")
+        roi = stats.roi
         peaks = np.zeros(binary.shape, bool)
         if roi is None:
             return peaks, False

@@ -1,4 +1,4 @@
-"""Pure functions that turn per-block label images into globally unique ids.
+"""Ids: canonical numbering, provisional ids of a frame, and the movie's final ids.
 
 Invariants (tested in ``tests/test_stitch.py``):
 
@@ -6,10 +6,12 @@ Invariants (tested in ``tests/test_stitch.py``):
   of each object's *anchor*, its first pixel in raster (row-major) order. The result
   depends only on the set of pixels of each object, never on the ids the segmenter
   happened to give, so two segmentations with the same masks give the same array.
+* ``provisional_ids`` gives an object the raster index of its anchor in the *frame* plus one:
+  any window that sees the object whole computes the same id, so windows need not talk.
 * ``frame_offsets`` turns per-frame object counts into id offsets by a prefix sum in
-  frame order, so frame t's objects get ids ``offset[t] + 1 .. offset[t] + count[t]``.
-  Ids are therefore unique across the movie, dense, ordered by (frame, anchor), and
-  independent of how frames were scheduled or how many workers ran them.
+  frame order, so frame t's objects get ids ``offset[t] + 1 .. offset[t] + count[t]``
+  (``number_from_provisional``). Ids are therefore unique across the movie, dense, ordered by
+  (frame, anchor), and independent of how frames were scheduled or how many workers ran them.
 * No array is sized by a global id: look-up tables are sized by the largest *local* id
   of one block, which is bounded by the block's pixel count.
 """
@@ -19,8 +21,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage as ndi
 
-__all__ = ["compact_ids", "canonical_relabel", "anchors_of", "frame_offsets", "label_dtype_for", "clusters",
-           "resolved_clusters", "cluster_boxes", "group_boxes", "provisional_ids", "number_from_provisional"]
+__all__ = ["compact_ids", "canonical_relabel", "anchors_of", "frame_offsets", "label_dtype_for",
+           "provisional_dtype", "provisional_ids", "number_from_provisional"]
 
 
 def anchors_of(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -113,109 +115,10 @@ def label_dtype_for(total: int) -> np.dtype:
     return np.dtype(np.uint32) if total <= np.iinfo(np.uint32).max else np.dtype(np.uint64)
 
 
-# --------------------------------------------------------------------------- tiles
-#
-# Stitching by resolution, not by matching. A segmenter run on a padded window is exact for a
-# *cluster* — a group of support pixels linked within ``link`` pixels (see ``clusters``) — whose
-# pixels all lie at least ``margin`` pixels from every artificial window edge: everything the
-# segmentation of that cluster depends on is then inside the window and exact. Such a cluster is
-# *resolved*; every tile that resolves a cluster computes the same labels for it. Objects get a
-# provisional id, the global raster index of their first pixel plus one, which any window that
-# resolves them computes identically, so tiles write their cores without talking to each other.
-# Clusters no tile resolves (cut by tiles, larger than the halo) are re-segmented per frame in a
-# window grown around the union of their pieces until they are resolved (at worst, the frame).
-
-def clusters(support: np.ndarray, link: int) -> tuple[np.ndarray, int]:
-    """Label the clusters of a support mask: pixels joined when within ``link`` (Chebyshev).
-
-    Two support pixels belong to the same cluster when a chain of support pixels joins them with
-    steps of Chebyshev length at most ``2 * ceil(link / 2) + 1`` (>= ``link`` + 1).
-
-    Returns
-    -------
-    labels : int32 array
-        Cluster id at support pixels, 0 elsewhere.
-    n : int
-    """
-    support = np.asarray(support, dtype=bool)
-    h = -(-int(link) // 2)
-    # a square dilation, done as a separable maximum filter (fast for wide squares)
-    grown = ndi.maximum_filter(support.view(np.uint8), size=2 * h + 1) > 0 if h else support
-    lab, n = ndi.label(grown, structure=np.ones((3, 3), bool))
-    lab = lab.astype(np.int32, copy=False)
-    lab[~support] = 0
-    return lab, int(n)
-
-
-def resolved_clusters(cluster_labels: np.ndarray, n: int, artificial: tuple[bool, bool, bool, bool],
-                      margin: int) -> np.ndarray:
-    """Which clusters are at least ``margin`` pixels from every artificial window edge.
-
-    Returns a boolean array indexed by cluster id (index 0, background, is True).
-    """
-    H, W = cluster_labels.shape
-    ok = np.ones(n + 1, dtype=bool)
-    top, bottom, left, right = artificial
-    bands = []
-    if top:
-        bands.append(cluster_labels[:margin, :])
-    if bottom:
-        bands.append(cluster_labels[max(0, H - margin):, :])
-    if left:
-        bands.append(cluster_labels[:, :margin])
-    if right:
-        bands.append(cluster_labels[:, max(0, W - margin):])
-    for band in bands:
-        ok[np.bincount(band.ravel(), minlength=n + 1) > 0] = False
-    ok[0] = True
-    return ok
-
-
-def cluster_boxes(cluster_labels: np.ndarray, ids) -> list[tuple[int, int, int, int]]:
-    """Bounding boxes (y0, y1, x0, x1) of the given cluster ids, in the array's coordinates."""
-    boxes = ndi.find_objects(cluster_labels)
-    out = []
-    for i in ids:
-        b = boxes[i - 1]
-        out.append((b[0].start, b[0].stop, b[1].start, b[1].stop))
-    return out
-
-
-def group_boxes(boxes) -> list[tuple[int, int, int, int]]:
-    """Union-find over boxes that overlap or touch; returns the bounding box of each group.
-
-    Groups are returned in a deterministic order (by their top-left corner).
-    """
-    boxes = [tuple(int(v) for v in b) for b in boxes]
-    parent = list(range(len(boxes)))
-
-    def find(i):
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    # boxes are few (one per cut cluster piece); sort-and-sweep keeps it near-linear
-    order = sorted(range(len(boxes)), key=lambda i: boxes[i][0])
-    active: list[int] = []
-    for i in order:
-        y0, y1, x0, x1 = boxes[i]
-        active = [j for j in active if boxes[j][1] >= y0]
-        for j in active:
-            b = boxes[j]
-            if b[2] <= x1 and x0 <= b[3]:
-                ri, rj = find(i), find(j)
-                if ri != rj:
-                    parent[max(ri, rj)] = min(ri, rj)
-        active.append(i)
-    groups: dict[int, list[int]] = {}
-    for i in range(len(boxes)):
-        groups.setdefault(find(i), []).append(i)
-    out = []
-    for members in groups.values():
-        ys0, ys1, xs0, xs1 = zip(*(boxes[m] for m in members))
-        out.append((min(ys0), max(ys1), min(xs0), max(xs1)))
-    return sorted(out)
+def provisional_dtype(frame_shape: tuple[int, int]) -> np.dtype:
+    """Smallest unsigned dtype that holds every provisional id of a frame (its pixel count + 1)."""
+    Y, X = frame_shape
+    return np.dtype(np.uint32) if Y * X < np.iinfo(np.uint32).max else np.dtype(np.uint64)
 
 
 def provisional_ids(labels: np.ndarray, keep: np.ndarray, origin: tuple[int, int], frame_width: int,

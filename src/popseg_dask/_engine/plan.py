@@ -1,0 +1,221 @@
+"""Config -> a complete plan of a run, decided before any task is submitted.
+
+:func:`plan_run` validates everything that can be checked without a cluster (the movie, every
+population's keys, channels, reference frames, tile plans, the output location);
+:meth:`RunPlan.for_cluster` then decides what depends on the cluster — which device each
+population runs on, frames per task, frames in flight — as a pure function of
+:class:`ClusterFacts`, so the whole plan is testable without a client.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from ..config import RunConfig
+from ..errors import PopsegError
+from ..io.layout import OutputLayout, default_output
+from ..io.ledger import fingerprint
+from ..io.movie import open_movie
+from ..segmenters import Segmenter, build_segmenter
+from ..stitch import provisional_dtype
+from ..tiling import TilePlan, tile_policy
+
+__all__ = ["ClusterFacts", "PopulationJob", "RunPlan", "ScratchSpec", "default_output", "frames_per_task",
+           "plan_run"]
+
+log = logging.getLogger(__name__)
+
+# Pixels per task when frames are batched. Segmenting: the scheduler's cost per task bounds the
+# throughput of a screen of tiny frames, and the client and scheduler share the workers' cores
+# (2^20 -> 2^22 cut their CPU time per 48-frame run of 1024² frames from 0.73 to 0.42 s;
+# benchmarks/RESULTS.md). Numbering is cheaper per pixel, so its tasks take more.
+SEGMENT_PIXELS = 1 << 22
+NUMBER_PIXELS = 1 << 26
+MAX_FRAMES_PER_TASK = 64
+
+
+def frames_per_task(n_frames: int, frame_pixels: int, threads: int, pixel_budget: int) -> int:
+    """Frames batched into one task: up to 64 or ``pixel_budget`` pixels, and never fewer than
+    four tasks per worker thread, so that short movies still use every worker."""
+    return max(1, min(MAX_FRAMES_PER_TASK, pixel_budget // max(1, frame_pixels), n_frames // (4 * threads)))
+
+
+@dataclass(frozen=True)
+class ClusterFacts:
+    """What a plan needs to know of the cluster: its worker threads and GPU workers."""
+
+    threads: int = 1
+    gpu_workers: int = 0
+
+    @classmethod
+    def of(cls, client) -> "ClusterFacts":
+        """The facts of a connected cluster."""
+        workers = client.scheduler_info().get("workers", {})
+        gpus = sum(1 for w in workers.values() if (w.get("resources") or {}).get("GPU", 0) >= 1)
+        return cls(max(1, sum(w.get("nthreads", 1) for w in workers.values())), gpus)
+
+
+@dataclass(frozen=True)
+class ScratchSpec:
+    """A scratch array of provisional ids (and, when the segmenter stores per-pixel facts of its
+    tile statistics, their int32 companion), chunked by the tile cores."""
+
+    shape: tuple[int, int, int]
+    chunks: tuple[int, int]
+    dtype: np.dtype
+    aux: bool
+
+
+@dataclass(frozen=True)
+class PopulationJob:
+    """One population: its segmenter (placed on its device), channels, tiles, batching."""
+
+    name: str
+    segmenter: Segmenter
+    channel_index: list[int]
+    tiles: TilePlan
+    scratch: ScratchSpec
+    device: str = "cpu"
+    frames_per_task: int = 1
+
+    @property
+    def needs_movie_stats(self) -> bool:
+        return bool(self.segmenter.reference_frames())
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """Everything decided before any pixel is read."""
+
+    config: RunConfig
+    movie: xr.DataArray
+    jobs: list[PopulationJob]
+    output: Path
+    in_place: bool
+    ngff_version: str = "0.5"
+    window: int = 8            # graphs in flight
+    number_frames_per_task: int = 1
+    facts: ClusterFacts | None = field(default=None)
+
+    @property
+    def layout(self) -> OutputLayout:
+        return OutputLayout(self.output)
+
+    @property
+    def frame_shape(self) -> tuple[int, int]:
+        return int(self.movie.sizes["y"]), int(self.movie.sizes["x"])
+
+    @property
+    def n_frames(self) -> int:
+        return int(self.movie.sizes["t"])
+
+    @property
+    def input_path(self) -> Path:
+        return self.config.resolve(self.config.input)
+
+    def fingerprint(self) -> str:
+        """What must not change for a run to be resumed: input, config (not its output), tile plans."""
+        cfg = self.config.model_dump(mode="json")
+        cfg.pop("output", None)
+        return fingerprint({
+            "input": str(self.input_path.resolve()), "config": cfg,
+            "shape": [int(v) for v in self.movie.shape],
+            "tiles": {j.name: [list(j.tiles.tile), j.tiles.halo] for j in self.jobs},
+        })
+
+    def for_cluster(self, facts: ClusterFacts) -> "RunPlan":
+        """This plan on a cluster: devices, frames per task and frames in flight decided.
+
+        ``device: gpu`` needs a GPU worker (its segment tasks ask for ``resources={"GPU": 1}``,
+        which would otherwise wait forever); ``auto`` takes one when the segmenter can use it.
+        """
+        jobs = [_placed(job, self.config.populations[job.name].device, facts, self.n_frames) for job in self.jobs]
+        Y, X = self.frame_shape
+        return dataclasses.replace(
+            self, jobs=jobs, facts=facts, window=max(8, 4 * facts.threads),
+            number_frames_per_task=frames_per_task(self.n_frames, Y * X, facts.threads, NUMBER_PIXELS))
+
+
+def _placed(job: PopulationJob, device: str, facts: ClusterFacts, n_frames: int) -> PopulationJob:
+    seg = job.segmenter
+    if device == "gpu" and not facts.gpu_workers:
+        raise PopsegError(
+            f"population '{job.name}' asks for device: gpu but no worker of the cluster offers a GPU "
+            "resource; start GPU workers with 'dask worker ... --resources GPU=1' (or set device: cpu)")
+    chosen = "gpu" if device == "gpu" or (device == "auto" and "gpu" in seg.devices and facts.gpu_workers) else "cpu"
+    Y, X = job.tiles.frame_shape
+    per_task = frames_per_task(n_frames, Y * X, facts.threads, SEGMENT_PIXELS) if job.tiles.untiled else 1
+    return dataclasses.replace(job, segmenter=seg.on_device(chosen), device=chosen, frames_per_task=per_task)
+
+
+def _is_within(child: Path, parent: Path) -> bool:
+    try:
+        child.resolve().relative_to(parent.resolve())
+        return True
+    except ValueError:
+        return False
+
+
+def plan_run(config: RunConfig, *, in_place: bool = False) -> RunPlan:
+    """Open the movie lazily, build every population's segmenter and tiles, choose the output.
+
+    Parameters
+    ----------
+    config : RunConfig
+    in_place : bool
+        Write the labels inside the input OME-Zarr image.
+
+    Returns
+    -------
+    RunPlan
+        Not yet placed on a cluster (see :meth:`RunPlan.for_cluster`).
+
+    Raises
+    ------
+    PopsegError
+        For any config/input mismatch (unknown channel, bad output location, ...).
+    """
+    if isinstance(config.input, list):
+        raise PopsegError("'input' lists several movies: that is a screen; run it with `popseg run` "
+                          "(or popseg_dask.screen.run_screen)")
+    input_path = config.resolve(config.input)
+    movie = open_movie(input_path, channels=config.channels, dims=config.dims, pixel_size_um=config.pixel_size_um)
+    jobs = [_job(config, pop, movie) for pop in config.populations]
+    output, version = _output(config, input_path, movie.attrs["source"], in_place)
+    return RunPlan(config, movie, jobs, output, in_place, version)
+
+
+def _job(config: RunConfig, pop: str, movie: xr.DataArray) -> PopulationJob:
+    spec = config.populations[pop]
+    names = [str(c) for c in movie.c.values]
+    seg = build_segmenter(pop, spec, names, base_dir=config.base_dir, pixel_size_um=movie.attrs["pixel_size_um"])
+    for t in seg.reference_frames():
+        if not 0 <= t < movie.sizes["t"]:
+            raise PopsegError(
+                f"population '{pop}': reference frame {t} is outside the movie (frames 0..{movie.sizes['t'] - 1})")
+    shape = (int(movie.sizes["y"]), int(movie.sizes["x"]))
+    seg, tiles = tile_policy(seg, shape, spec.tile, spec.halo, memory_mb=spec.tile_memory_mb, population=pop)
+    scratch = ScratchSpec((int(movie.sizes["t"]), *shape), tuple(tiles.tile), provisional_dtype(shape),
+                          aux=seg.needs_tile_stats and not tiles.untiled)
+    return PopulationJob(pop, seg, [names.index(c) for c in seg.channels], tiles, scratch)
+
+
+def _output(config: RunConfig, input_path: Path, source: dict[str, Any], in_place: bool) -> tuple[Path, str]:
+    """Where the labels go and which NGFF version they are written in."""
+    if in_place:
+        if source["format"] != "ome-zarr":
+            raise PopsegError("--in-place needs an OME-Zarr input (labels are written inside the image group)")
+        return input_path, "0.4" if source.get("zarr_format") == 2 else "0.5"
+    output = config.resolve(config.output) if config.output else default_output(input_path)
+    if input_path.is_dir() and _is_within(output, input_path):
+        raise PopsegError(f"output {output} is inside the input {input_path}; choose another 'output' or pass --in-place")
+    if _is_within(input_path, output):
+        raise PopsegError(f"output {output} contains the input {input_path}; choose another 'output'")
+    return Path(output), "0.5"

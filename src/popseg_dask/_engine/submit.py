@@ -1,0 +1,69 @@
+"""Submitting a run's work: a bounded window of small graphs in flight, and a progress line."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any, Callable
+
+__all__ = ["Progress", "run_progressively"]
+
+
+class Progress:
+    """One status line, rewritten in place (the terminal only; nothing when quiet)."""
+
+    def __init__(self, label: str, total: int, show: bool):
+        self.label, self.total, self.done, self.show = label, total, 0, show and total > 0
+        self.t0 = self.last = time.perf_counter()
+        self.out = sys.stderr
+
+    def step(self, n: int = 1) -> None:
+        self.done += n
+        now = time.perf_counter()
+        if self.show and (now - self.last > 0.5 or self.done == self.total):
+            self.last = now
+            rate = self.done / max(now - self.t0, 1e-9)
+            self.out.write(f"\r{self.label}: {self.done}/{self.total} frames ({rate:.1f}/s)   ")
+            self.out.flush()
+
+    def close(self) -> None:
+        if self.show:
+            self.out.write("\n")
+
+
+def run_progressively(client, units, build: Callable, window: int, on_result: Callable) -> None:
+    """Compute ``build(unit)`` for every unit with at most ``window`` of them in flight.
+
+    The client never holds more than ``window`` small graphs, so a screen of 10^5 frames needs no
+    giant graph and no giant memory. Graphs are submitted unfused: fusion would drop the worker
+    resources they carry. The first failure cancels what is in flight and is raised.
+    """
+    from distributed import as_completed
+
+    it = iter(units)
+    pending: dict[str, Any] = {}
+    # this client's loop: as_completed otherwise takes the *default* client's, which in a process
+    # that made other clients (tests, notebooks) may be another, closed one — and waits forever
+    ac = as_completed(with_results=True, loop=client.loop)
+
+    def submit() -> bool:
+        unit = next(it, None)
+        if unit is None:
+            return False
+        fut = client.compute(build(unit), optimize_graph=False)
+        pending[fut.key] = (unit, fut)
+        ac.add(fut)
+        return True
+
+    for _ in range(window):
+        if not submit():
+            break
+    try:
+        for fut, result in ac:
+            unit, _ = pending.pop(fut.key)
+            on_result(unit, result)
+            fut.release()
+            submit()
+    finally:
+        if pending:
+            client.cancel([f for _, f in pending.values()])

@@ -1,0 +1,209 @@
+"""What workers run: thin tasks that read pixels, call :mod:`popseg_dask.stitch`, and write the
+scratch array and the ledger; then the numbering of finished frames.
+
+Module-level functions, so that they pickle by reference. A frame counts as segmented once its
+merge has saved its record in the ledger, after its pixels are in the scratch array.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import dask
+import numpy as np
+
+from ..errors import PopsegError
+from ..io.ledger import Ledger
+from ..segmenters import Segmenter, WindowContext
+from ..stitch import FrameResult, TileResult, complete_frame, number_from_provisional, provisional_dtype, resolve_tile
+from ..tiling import Tile, TilePlan
+
+__all__ = ["FrameSource", "FrameRecord", "ArrayCanvas", "open_array", "window_context", "frame_stats_task",
+           "tile_stats_task", "reduce_stats_task", "tile_task", "merge_task", "whole_frames_task", "number_task"]
+
+_FRAME_CACHE: dict[str, np.ndarray] = {}
+_FRAME_CACHE_BYTES = 256 * 2**20
+_ARRAYS: dict[tuple[str, str], tuple[tuple, Any]] = {}
+
+
+class FrameSource:
+    """One frame of a population's channels ``(c, y, x)``, read window by window inside tasks.
+
+    Holds a small dask graph (the frame's chunks only). Frames up to 256 MiB are read once
+    per worker process and sliced, since a window read decodes whole chunks anyway.
+    """
+
+    def __init__(self, frame, label: str = "the frame"):
+        (self.arr,) = dask.optimize(frame)
+        self.shape = tuple(frame.shape)
+        self.nbytes = int(np.prod(self.shape)) * frame.dtype.itemsize
+        self.label = label
+
+    @property
+    def frame_shape(self) -> tuple[int, int]:
+        return self.shape[1], self.shape[2]
+
+    def read(self, window: tuple[int, int, int, int]) -> np.ndarray:
+        """Pixels ``(c, y0:y1, x0:x1)``; an unreadable input is a :class:`PopsegError`."""
+        try:
+            return self._read(window)
+        except (MemoryError, KeyboardInterrupt):
+            raise
+        except Exception as err:
+            # Damaged chunks, vanished files, codec errors: the input's fault, said in one line.
+            raise PopsegError(f"cannot read {self.label}: {type(err).__name__}: {err}; "
+                              "the input is damaged or unreadable (check or re-export it)") from err
+
+    def _read(self, window: tuple[int, int, int, int]) -> np.ndarray:
+        y0, y1, x0, x1 = window
+        if self.nbytes <= _FRAME_CACHE_BYTES:
+            full = _FRAME_CACHE.get(self.arr.name)
+            if full is None:
+                # optimised once at construction: optimising again per read costs ~15 ms
+                full = np.asarray(self.arr.compute(scheduler="sync", optimize_graph=False))
+                if len(_FRAME_CACHE) >= 2:
+                    _FRAME_CACHE.pop(next(iter(_FRAME_CACHE)))
+                _FRAME_CACHE[self.arr.name] = full
+            return full[:, y0:y1, x0:x1]
+        return np.asarray(self.arr[:, y0:y1, x0:x1].compute(scheduler="sync", optimize_graph=False))
+
+
+def open_array(a, mode: str):
+    """A Zarr array by path, opened once per worker process while its metadata file is unchanged.
+
+    Opening reads and parses the metadata (milliseconds); with thousands of small frames per
+    run that was most of a task's time. A re-created array (a new run in the same place) has a
+    new metadata file, so it is opened again. Anything but a path (an array) is returned as is.
+    """
+    import zarr
+
+    if not isinstance(a, str):
+        return a
+    meta = os.path.join(a, "zarr.json")
+    try:
+        st = os.stat(meta if os.path.exists(meta) else os.path.join(a, ".zarray"))
+        stamp = (st.st_mtime_ns, st.st_ino, st.st_size)
+    except OSError:
+        return zarr.open_array(a, mode=mode)
+    hit = _ARRAYS.get((a, mode))
+    if hit is not None and hit[0] == stamp:
+        return hit[1]
+    arr = zarr.open_array(a, mode=mode)
+    if len(_ARRAYS) > 64:
+        _ARRAYS.clear()
+    _ARRAYS[(a, mode)] = (stamp, arr)
+    return arr
+
+
+class ArrayCanvas:
+    """Frame ``t`` of a (t, y, x) array (Zarr or numpy) as a :class:`popseg_dask.stitch.Canvas`."""
+
+    def __init__(self, arr, t: int):
+        self.arr, self.t = arr, t
+
+    def read(self, window):
+        y0, y1, x0, x1 = window
+        return np.array(self.arr[self.t, y0:y1, x0:x1])
+
+    def write(self, window, values):
+        y0, y1, x0, x1 = window
+        self.arr[self.t, y0:y1, x0:x1] = values
+
+
+@dataclass(frozen=True)
+class FrameRecord:
+    """Where a frame's merge records it: the ledger folder and the population."""
+
+    ledger: str
+    population: str
+
+
+def window_context(window, frame_shape, aux=None, t: int = 0) -> WindowContext:
+    """The context of a window of frame ``t``, with its part of the stored tile facts (if any)."""
+    y0, y1, x0, x1 = window
+    aux_win = None if aux is None else np.asarray(open_array(aux, "r")[t, y0:y1, x0:x1])
+    return WindowContext(tuple(frame_shape), (y0, x0), (y0 > 0, y1 < frame_shape[0], x0 > 0, x1 < frame_shape[1]),
+                         aux_win)
+
+
+def frame_stats_task(source: FrameSource, stats: Any, segmenter: Segmenter) -> Any:
+    """The segmenter's whole-frame statistics (or ``stats`` unchanged when it needs none)."""
+    if not segmenter.needs_frame_stats:
+        return stats
+    return segmenter.frame_stats(source.read((0, source.shape[1], 0, source.shape[2])), stats)
+
+
+def tile_stats_task(source: FrameSource, stats: Any, segmenter: Segmenter, tile: Tile, aux, t: int) -> Any:
+    """One core's partial frame statistics; its per-pixel part is stored in ``aux``."""
+    ctx = window_context(tile.window, source.frame_shape)
+    partial, core_aux = segmenter.tile_stats(source.read(tile.window), stats, ctx, tile.core_in_window)
+    if core_aux is not None:
+        y0, y1, x0, x1 = tile.core
+        open_array(aux, "r+")[t, y0:y1, x0:x1] = core_aux
+    return partial
+
+
+def reduce_stats_task(partials: list, stats: Any, segmenter: Segmenter, plan: TilePlan) -> Any:
+    return segmenter.reduce_tile_stats(list(partials), stats, plan)
+
+
+def tile_task(source: FrameSource, stats: Any, segmenter: Segmenter, tile: Tile, scratch, t: int,
+              aux, plan: TilePlan) -> TileResult:
+    """Segment one tile and write the provisional ids of its core (its own chunk of ``scratch``)."""
+    ctx = window_context(tile.window, source.frame_shape, aux, t)
+    core, result = resolve_tile(segmenter, source.read(tile.window), stats, ctx, tile, plan,
+                                provisional_dtype(source.frame_shape))
+    y0, y1, x0, x1 = tile.core
+    open_array(scratch, "r+")[t, y0:y1, x0:x1] = core
+    return result
+
+
+def merge_task(source: FrameSource, stats: Any, segmenter: Segmenter, results: list, scratch, t: int,
+               aux, plan: TilePlan, record: FrameRecord | None = None) -> FrameResult:
+    """Complete frame ``t`` (see :func:`popseg_dask.stitch.complete_frame`) and record it.
+
+    With ``record`` the frame's anchors are saved in the ledger once its pixels are written, and
+    only the frame's facts travel back (``anchors`` empty, ``info.count`` set).
+    """
+    canvas = ArrayCanvas(open_array(scratch, "r+"), t)
+    result = complete_frame(segmenter, source.read, lambda w: window_context(w, source.frame_shape, aux, t), stats,
+                            list(results), canvas, plan, provisional_dtype(source.frame_shape))
+    if record is None:
+        return result
+    Ledger(record.ledger).save_frame(record.population, t, result)
+    return FrameResult(np.zeros(0, np.int64), result.info)
+
+
+def whole_frames_task(sources: list[FrameSource], ts: list[int], stats0: Any, segmenter: Segmenter, tile: Tile,
+                      scratch, aux, plan: TilePlan, record: FrameRecord) -> list[FrameResult]:
+    """Untiled frames, one after the other: statistics, the one tile and the merge of each, in one
+    task (nothing travels between them). Each frame is recorded as soon as it is written."""
+    out = []
+    for source, t in zip(sources, ts):
+        stats = frame_stats_task(source, stats0, segmenter)
+        result = tile_task(source, stats, segmenter, tile, scratch, t, aux, plan)
+        out.append(merge_task(source, stats, segmenter, [result], scratch, t, aux, plan, record))
+    return out
+
+
+def number_task(scratch: str, final: str, ts: list[int], windows, ledger: str, population: str,
+                offsets: list[int], dtype: str, counts: list[int]) -> int:
+    """Write frames ``ts``' final ids (chunk by chunk) from their recorded anchors, marking each numbered.
+
+    ``counts``: the objects per frame the offsets were computed from; a recorded frame with
+    another count (a frame segmented twice at once, differently) would give ids that overlap
+    the next frame's, so it stops the run instead.
+    """
+    led = Ledger(ledger)
+    src, dst = open_array(scratch, "r"), open_array(final, "r+")
+    for t, offset, count in zip(ts, offsets, counts):
+        anchors = led.load_frame(population, t).anchors
+        if len(anchors) != count:
+            raise RuntimeError(f"frame {t} of {population}: {len(anchors)} objects recorded, {count} counted; "
+                               "run the same command again: it resumes and numbers from the records")
+        for y0, y1, x0, x1 in windows:
+            dst[t, y0:y1, x0:x1] = number_from_provisional(src[t, y0:y1, x0:x1], anchors, offset, np.dtype(dtype))
+        led.mark_numbered(population, t)
+    return len(ts)

@@ -1,0 +1,87 @@
+"""Where everything of a popseg output lives: the one place that spells the layout out.
+
+Layout of an output store (``<output>``)::
+
+    <output>/                         root group; attrs["popseg"] holds the run record
+    <output>/labels/                  NGFF 'labels' group listing the populations
+    <output>/labels/<population>/     NGFF image-label group; attrs["popseg"]: population record
+    <output>/labels/<population>/0    the (t, y, x) label array
+    <output>/.popseg/                 the run's state while it runs (ledger, scratch); removed at the end
+    <output>/.popseg/scratch/<pop>    provisional ids, chunked by tile cores
+    <output>/.popseg/scratch/<pop>.aux  per-pixel facts of the segmenter's tile statistics
+    <output>/measurements.parquet     ``popseg measure``
+    <output>/report/index.html        ``popseg report`` (PNGs beside it)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["OutputLayout", "RECORD_KEY", "default_output", "input_stem"]
+
+_SUFFIXES = (".ome.zarr", ".zarr", ".ome.tiff", ".ome.tif", ".tiff", ".tif")
+RECORD_KEY = "popseg"  # attribute holding the run record (root) and population records (label groups)
+
+
+@dataclass(frozen=True)
+class OutputLayout:
+    """Paths of one output store (``root``); nothing is read or created here."""
+
+    root: Path
+
+    def __post_init__(self):
+        object.__setattr__(self, "root", Path(self.root))
+
+    @property
+    def labels_group(self) -> Path:
+        return self.root / "labels"
+
+    def label_group(self, population: str) -> Path:
+        """The population's NGFF image-label group."""
+        return self.labels_group / population
+
+    def label_array(self, population: str) -> Path:
+        """The population's (t, y, x) label array (the group's only resolution level)."""
+        return self.label_group(population) / "0"
+
+    @property
+    def state(self) -> Path:
+        """The running run's own folder: ledger and scratch arrays."""
+        return self.root / ".popseg"
+
+    @property
+    def ledger(self) -> Path:
+        """Root of the per-frame ledger (:class:`popseg_dask.io.ledger.Ledger`)."""
+        return self.state
+
+    def scratch(self, population: str) -> Path:
+        """Provisional ids of a population during a run."""
+        return self.state / "scratch" / population
+
+    def aux(self, population: str) -> Path:
+        """Per-pixel facts a population's tile statistics stored during a run."""
+        return self.state / "scratch" / f"{population}.aux"
+
+    @property
+    def measurements(self) -> Path:
+        return self.root / "measurements.parquet"
+
+    @property
+    def report_dir(self) -> Path:
+        return self.root / "report"
+
+
+def input_stem(path: Path | str) -> str:
+    """An input's name without its image suffix (``.ome.zarr``, ``.zarr``, ``.ome.tif``, ``.tif``...):
+    what default output names are made of."""
+    name = Path(path).name
+    for suf in _SUFFIXES:
+        if name.lower().endswith(suf):
+            return name[: -len(suf)]
+    return name
+
+
+def default_output(input_path: Path | str) -> Path:
+    """A movie's default output: ``<stem>.popseg.zarr`` beside it."""
+    return Path(input_path).parent / f"{input_stem(input_path)}.popseg.zarr"

@@ -1,0 +1,115 @@
+"""The plan is complete before any task, and the same tile policy serves a run and segment_frame."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+from conftest import read_labels
+
+from popseg_dask.config import parse_config
+from popseg_dask.errors import PopsegError
+from popseg_dask.pipeline import ClusterFacts, plan_run, run, segment_frame
+from popseg_dask.segmenters import Segmenter, build_segmenter, protocol_markdown
+from popseg_dask.stitch import canonical_relabel
+from popseg_dask.synthetic import DEMO_CONFIG
+
+
+def tiled_config(demo_dir, output="tiled.zarr"):
+    cfg = copy.deepcopy(DEMO_CONFIG)
+    cfg["output"] = output
+    cfg["populations"]["targets"]["tile"] = [64, 96]
+    # a position-dependent filter: this population cannot be tiled exactly, so it must run whole
+    cfg["populations"]["effectors"]["filters"] = [["std", 4], ["gauss", 1]]
+    cfg["populations"]["effectors"]["thresholds"] = [25, float("inf")]
+    cfg["populations"]["effectors"]["tile"] = 64
+    return parse_config(cfg, demo_dir)
+
+
+def test_segment_frame_equals_a_run_on_a_tiled_config(demo_dir, client2):
+    config = tiled_config(demo_dir)
+    rec = run(config, client=client2)
+    plan = plan_run(config)
+    assert rec["populations"]["effectors"]["tiles_per_frame"] == 1  # the policy ran it whole
+    assert rec["populations"]["targets"]["tiles_per_frame"] == 6
+    names = [str(c) for c in plan.movie.c.values]
+    for pop, spec in config.populations.items():
+        seg = build_segmenter(pop, spec, names, base_dir=config.base_dir)  # as built, before the policy
+        stored = read_labels(demo_dir / "tiled.zarr", pop)
+        for t in range(plan.n_frames):
+            frame = plan.movie.sel(c=seg.channels)[t].values
+            got, info = segment_frame(seg, frame, tile=spec.tile, halo=spec.halo, tile_memory_mb=spec.tile_memory_mb)
+            assert np.array_equal(got, canonical_relabel(stored[t])[0]), (pop, t)
+            assert info.count == int(got.max())
+
+
+class GpuCapable(Segmenter):
+    name, channels, devices = "gpu-capable", ["nuclei"], ("cpu", "gpu")
+
+    def __call__(self, block, stats=None):
+        return (block[0] > 0).astype(np.int32)
+
+    def on_device(self, device):
+        new = copy.copy(self)
+        new.resources = {"GPU": 1} if device == "gpu" else None
+        return new
+
+
+def with_segmenter(plan, device):
+    config = plan.config.model_copy(deep=True)
+    config.populations["targets"].device = device
+    jobs = [dataclasses.replace(j, segmenter=GpuCapable()) if j.name == "targets" else j for j in plan.jobs]
+    return dataclasses.replace(plan, config=config, jobs=jobs)
+
+
+def test_placing_a_plan_is_a_pure_function_of_the_cluster_facts(demo_dir):
+    plan = plan_run(tiled_config(demo_dir))
+    auto = with_segmenter(plan, "auto")
+    on_gpu = auto.for_cluster(ClusterFacts(threads=4, gpu_workers=1))
+    on_cpu = auto.for_cluster(ClusterFacts(threads=4, gpu_workers=0))
+    job = {j.name: j for j in on_gpu.jobs}["targets"]
+    assert job.device == "gpu" and job.segmenter.resources == {"GPU": 1}
+    assert {j.name: j for j in on_cpu.jobs}["targets"].device == "cpu"
+    # the plan it came from is untouched: segmenters are copied, never mutated
+    assert {j.name: j for j in auto.jobs}["targets"].segmenter.resources is None
+    assert on_gpu.window == 16 and on_gpu.facts.threads == 4
+    with pytest.raises(PopsegError, match="asks for device: gpu but no worker"):
+        with_segmenter(plan, "gpu").for_cluster(ClusterFacts(threads=2, gpu_workers=0))
+
+
+def test_untiled_frames_are_batched_but_every_thread_gets_work(demo_dir):
+    plan = plan_run(parse_config({**DEMO_CONFIG, "output": "b.zarr"}, demo_dir))
+    placed = {j.name: j for j in plan.for_cluster(ClusterFacts(threads=1)).jobs}
+    # 4 frames on 1 thread: at least 4 tasks, so one frame each
+    assert all(j.tiles.untiled and j.frames_per_task == 1 for j in placed.values())
+    from popseg_dask._engine.plan import frames_per_task
+
+    assert frames_per_task(10_000, 32 * 32, 2, 1 << 22) == 64          # capped at 64
+    assert frames_per_task(10_000, 2048 * 2048, 2, 1 << 22) == 1      # one large frame fills the budget
+    assert frames_per_task(40, 32 * 32, 2, 1 << 22) == 5              # 8 tasks for 2 threads
+
+
+def test_readme_protocol_table_is_generated_from_the_base_class():
+    text = (Path(__file__).parents[1] / "README.md").read_text()
+    block = text.split("<!-- protocol:start -->\n", 1)[1].split("<!-- protocol:end -->", 1)[0]
+    assert block == protocol_markdown(), "regenerate it: python -m popseg_dask.segmenters README.md"
+    # every capability the engine reads is declared (with a default) on the base class and documented
+    for name in ("halo", "link", "object_size", "align", "objects_independent", "whole_frame_reason", "devices",
+                 "resources", "needs_frame_stats", "needs_tile_stats", "on_device", "with_context",
+                 "segment_window"):
+        assert hasattr(Segmenter, name) and f"`{name}" in block
+
+
+def test_output_paths_come_from_one_layout(demo_dir, client2):
+    from popseg_dask.io.layout import OutputLayout
+
+    config = parse_config({**DEMO_CONFIG, "output": "lay.zarr"}, demo_dir)
+    run(config, client=client2)
+    lay = OutputLayout(demo_dir / "lay.zarr")
+    for pop in config.populations:
+        assert zarr.open_array(str(lay.label_array(pop)), mode="r").ndim == 3
+    assert not lay.state.exists()  # the ledger and scratch are gone once the run is complete
