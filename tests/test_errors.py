@@ -40,6 +40,10 @@ CASES = {
     "reference frame outside the movie": ({**DEMO_CONFIG, "populations": {"t": _pop(equalize_reference=99)}}, "reference frame 99"),
     "not YAML": ("input: [unclosed", "not valid YAML"),
     "not a mapping": ("- a\n- b\n", "must be a mapping"),
+    "duplicated key": ("input: movie.ome.zarr\npopulations:\n  t:\n    segmenter: threshold\n    channel: nuclei\n"
+                       "    thresholds: [600, .inf]\n    channel: cfse\n", "key 'channel' is given twice (lines 5 and 7)"),
+    "duplicated population": ("input: movie.ome.zarr\npopulations:\n  t: {segmenter: threshold}\n"
+                              "  t: {segmenter: threshold}\n", "key 't' is given twice (lines 3 and 4)"),
     "output inside the input": ({**DEMO_CONFIG, "output": "movie.ome.zarr/labels-out"}, "inside the input"),
     "missing threshold_config file": ({**DEMO_CONFIG, "populations": {"t": {"segmenter": "threshold", "threshold_config": "nope.json"}}}, "threshold_config"),
 }
@@ -58,6 +62,13 @@ def test_bad_config_is_one_clear_line(name, demo_dir, capsys):
     assert "Traceback" not in err
     after = sorted(p.relative_to(demo_dir) for p in demo_dir.rglob("*"))
     assert after == before, "a failed run left files behind"
+
+
+def test_keys_merged_from_an_anchor_may_be_overridden():
+    from popseg_dask.config import read_yaml
+
+    data = read_yaml("base: &b {segmenter: threshold, channel: nuclei}\npop:\n  <<: *b\n  channel: cfse\n")
+    assert data["pop"] == {"segmenter": "threshold", "channel": "cfse"}
 
 
 def test_missing_config_file(tmp_path, capsys):

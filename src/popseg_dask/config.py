@@ -1,7 +1,8 @@
 """Run configuration: YAML in, validated pydantic models out.
 
-YAML is read with ``yaml.safe_load`` only; nothing in a configuration is ever
-executed. Unknown keys are errors that name the key, because a misspelt option
+YAML is read with a ``yaml.SafeLoader`` only (no tags that build objects); nothing in a
+configuration is ever executed. A key given twice in one mapping is an error naming the key and
+both lines, since YAML itself would silently keep the last one. Unknown keys are errors that name the key, because a misspelt option
 silently falling back to its default is the worst failure a batch job can have.
 
 Population entries are validated in two steps: here, the keys every population
@@ -26,6 +27,7 @@ __all__ = [
     "RunConfig",
     "load_config",
     "parse_config",
+    "read_yaml",
     "validation_message",
 ]
 
@@ -146,6 +148,43 @@ def _yaml_inf(data: Any) -> Any:
     return data
 
 
+class StrictLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key repeated within one mapping."""
+
+
+def _mapping_without_duplicates(loader: StrictLoader, node: yaml.MappingNode, deep: bool = False):
+    # Only the keys written in this mapping count: keys merged in from an anchor (<<: *base) may
+    # be overridden, that is what merging is for.
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":
+            continue
+        key = loader.construct_object(key_node, deep=True)
+        line = key_node.start_mark.line + 1
+        try:
+            first = seen.get(key)
+            seen.setdefault(key, line)
+        except TypeError:  # an unhashable key: the constructor below reports it
+            continue
+        if first is not None:
+            raise PopsegError(f"config {loader.name}: key {key!r} is given twice (lines {first} and {line}); "
+                              "keep one of them")
+    return loader.construct_mapping(node, deep=deep)
+
+
+StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_without_duplicates)
+
+
+def read_yaml(text: str, name: str = "<config>") -> Any:
+    """Parse YAML text with :class:`StrictLoader` (safe, no duplicate keys)."""
+    loader = StrictLoader(text)
+    loader.name = name
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
 def parse_config(data: Any, base_dir: Path | str = ".") -> RunConfig:
     """Validate an already-parsed mapping into a :class:`RunConfig`.
 
@@ -187,7 +226,7 @@ def load_config(path: Path | str) -> RunConfig:
     if not path.is_file():
         raise PopsegError(f"config file not found: {path} (give the path of a YAML file)")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = read_yaml(path.read_text(), str(path))
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
