@@ -266,7 +266,7 @@ def test_gpu_population_runs_only_on_the_gpu_worker(trained, tmp_path):
     """A real scheduler and two real workers, one offering GPU=1: every segment task of the GPU
     populations (explicit gpu, and auto) ran there; the CPU population used the other worker too."""
     from distributed import Client, get_task_stream
-    from test_remote_scheduler import _start, _stop
+    from conftest import start_loopback_cluster, stop_processes
 
     from popseg_dask.config import load_config
     from popseg_dask.pipeline import run
@@ -278,7 +278,7 @@ def test_gpu_population_runs_only_on_the_gpu_worker(trained, tmp_path):
         "thr": {"segmenter": "threshold", "channel": "cfse", "thresholds": [300, 1e9], "tile": "none"},
     }}
     (root / "placed.yaml").write_text(yaml.safe_dump(cfg))
-    addr, procs = _start(tmp_path, [["--resources", "GPU=1"], []])
+    addr, procs = start_loopback_cluster(tmp_path, [["--resources", "GPU=1"], []])
     try:
         with Client(addr) as client:
             gpu = [w for w, i in client.scheduler_info()["workers"].items() if i.get("resources", {}).get("GPU")]
@@ -296,7 +296,7 @@ def test_gpu_population_runs_only_on_the_gpu_worker(trained, tmp_path):
         other = set(where["whole-thr"])
         assert other - set(gpu), "the CPU population should also use the worker without a GPU"
     finally:
-        _stop(procs)
+        stop_processes(procs)
     sd = _labels(root / "placed.zarr", "sd")
     assert sd.max() > 0
 

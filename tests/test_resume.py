@@ -18,9 +18,8 @@ import numpy as np
 import pytest
 import yaml
 import zarr
-from test_remote_scheduler import _start, _stop
+from conftest import read_labels, start_loopback_cluster, stop_processes
 
-from conftest import read_labels
 
 from popseg_dask.cli import main
 
@@ -94,7 +93,7 @@ def test_worker_sigkilled_mid_run_still_completes_identically(long_movie, tmp_pa
     root, cfg, clean = long_movie
     (root / "worker.yaml").write_text(yaml.safe_dump({**cfg, "output": "worker.zarr"}))
     out = root / "worker.zarr"
-    addr, procs = _start(tmp_path, [[], []])
+    addr, procs = start_loopback_cluster(tmp_path, [[], []])
     result: dict = {}
     try:
         with Client(addr) as client:
@@ -119,7 +118,7 @@ def test_worker_sigkilled_mid_run_still_completes_identically(long_movie, tmp_pa
             assert "error" not in result, result.get("error")
             assert len(client.scheduler_info()["workers"]) == 1  # it stayed dead
     finally:
-        _stop([p for p in procs if p.poll() is None])
+        stop_processes([p for p in procs if p.poll() is None])
     assert killed_at < 80
     rec = result["record"]
     assert rec["complete"] and rec["frames_computed"] == 80
