@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 from .errors import PopsegError
-from .io.layout import OutputLayout
 
 __all__ = ["main"]
 
@@ -35,7 +34,7 @@ def _cmd_run(args) -> int:
         overwrite=args.overwrite, progress=not args.quiet, echo=print,
     )
     _print_summary(record, args.config)
-    output = Path(record["output"])
+    output = record["output"]
     if args.measure:
         _measure(output, args, overwrite=True)
     if args.report:
@@ -58,7 +57,7 @@ def _run_screen(config, screen, args) -> int:
           f"{len(summary['positions']) - done} already up to date; summary: {screen.root / 'screen.json'}")
     for name, p in summary["positions"].items():
         if args.measure or args.report:
-            output = Path(p["output"])
+            output = p["output"]
             if args.measure:
                 _measure(output, args, overwrite=True)
             if args.report:
@@ -88,7 +87,7 @@ def _measure(output: Path, args, overwrite: bool) -> None:
 
 
 def _cmd_measure(args) -> int:
-    _measure(Path(args.output), args, overwrite=args.overwrite)
+    _measure(args.output, args, overwrite=args.overwrite)
     return 0
 
 
@@ -193,10 +192,9 @@ def _print_summary(record: dict, where) -> None:
 def _cmd_demo(args) -> int:
     from .config import load_config
     from .metrics import f1_score
+    from .io.labels import open_label_array
     from .pipeline import run
     from .synthetic import write_demo
-
-    import zarr
 
     out = Path(args.out)
     if out.exists() and any(out.iterdir()):
@@ -222,7 +220,7 @@ def _cmd_demo(args) -> int:
     print(f"\nresults (F1 at IoU 0.5 against the ground truth), demo wall time {wall:.1f} s:")
     worst = 1.0
     for name, pop in record["populations"].items():
-        pred = zarr.open_array(str(OutputLayout(output).label_array(name)), mode="r")[...]
+        pred = open_label_array(output, name)[...]
         f1 = f1_score(pred, movie.truth[name], iou=0.5)
         worst = min(worst, f1)
         true_n = sum(len(set(movie.truth[name][t].ravel()) - {0}) for t in range(len(pred)))

@@ -13,17 +13,20 @@ parameter model (see :mod:`popseg_dask.segmenters`), which knows its keys.
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 from .errors import PopsegError
+from .location import Location, is_url
 
 __all__ = [
     "Strict",
     "PopulationSpec",
+    "StorageConfig",
     "RunConfig",
     "load_config",
     "parse_config",
@@ -64,15 +67,56 @@ class PopulationSpec(BaseModel):
         return dict(self.model_extra or {})
 
 
+def _fspath(value: Any) -> Any:
+    return os.fspath(value) if isinstance(value, os.PathLike) else value
+
+
+# A local path (relative: to the config file's folder) or a URL (s3://, gs://, https://). Kept as
+# text: pathlib would fold the '//' of a URL.
+PathOrURL = Annotated[str, BeforeValidator(_fspath)]
+
+
+class StorageConfig(Strict):
+    """How to reach object stores when the environment does not say (``AWS_*`` variables and
+    ``~/.aws`` files, ``GOOGLE_APPLICATION_CREDENTIALS`` are read by default). Never written into
+    the run record, never printed."""
+
+    endpoint_url: str | None = Field(None, description="S3-compatible endpoint, e.g. http://127.0.0.1:9000")
+    region: str | None = None
+    profile: str | None = Field(None, description="a profile of ~/.aws/config")
+    anon: bool = Field(False, description="unsigned requests (public buckets)")
+    key: SecretStr | None = Field(None, description="access key id")
+    secret: SecretStr | None = Field(None, description="secret access key")
+    token: SecretStr | None = Field(None, description="session token (S3) or credentials file / token (GCS)")
+
+    def options(self, scheme: str) -> dict[str, Any]:
+        """fsspec storage options for a URL scheme."""
+        reveal = {k: v.get_secret_value() for k, v in (("key", self.key), ("secret", self.secret),
+                                                         ("token", self.token)) if v is not None}
+        if scheme == "s3":
+            out: dict[str, Any] = {"anon": self.anon, **reveal}
+            if self.endpoint_url:
+                out["endpoint_url"] = self.endpoint_url
+            if self.profile:
+                out["profile"] = self.profile
+            if self.region:
+                out["client_kwargs"] = {"region_name": self.region}
+            return out
+        if scheme in ("gs", "gcs"):
+            return {"token": "anon"} if self.anon else ({"token": reveal["token"]} if "token" in reveal else {})
+        return {}
+
+
 class RunConfig(Strict):
     """A whole run: one movie (or stack) and its populations."""
 
-    input: Path | list[Path] = Field(description="a movie, a list of movies, a Celldetective experiment "
-                                     "folder or an HCS plate")
+    input: PathOrURL | list[PathOrURL] = Field(description="a movie, a list of movies, a Celldetective "
+                                               "experiment folder or an HCS plate; a path or a URL")
     channels: list[str] | None = None
     dims: str | None = None
     pixel_size_um: float | None = Field(default=None, gt=0)
-    output: Path | None = None
+    output: PathOrURL | None = None
+    storage: StorageConfig | None = Field(None, exclude=True)  # credentials: never in a record
     populations: dict[str, PopulationSpec] = Field(min_length=1)
     base_dir: Path = Field(default=Path("."), exclude=True)
 
@@ -106,9 +150,15 @@ class RunConfig(Strict):
         return v
 
     def resolve(self, path: Path | str) -> Path:
-        """A path from the config, relative to the config file's folder."""
+        """A local path from the config, relative to the config file's folder."""
         p = Path(path).expanduser()
         return p if p.is_absolute() else (self.base_dir / p)
+
+    def location(self, value: "str | os.PathLike") -> Location:
+        """A path or URL from the config, with the ``storage:`` options for its scheme."""
+        scheme = str(value).split("://", 1)[0].lower() if is_url(os.fspath(value)) else "file"
+        options = self.storage.options(scheme) if self.storage else None
+        return Location.of(value, options, base_dir=self.base_dir)
 
 
 def validation_message(err: ValidationError, where: str = "") -> str:

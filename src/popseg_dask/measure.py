@@ -20,7 +20,11 @@ import numpy as np
 import pandas as pd
 
 from .errors import PopsegError
+from .io.labels import open_label_array
 from .io.layout import OutputLayout
+from .location import Location
+
+COMPLETE_MARKER = "_popseg_complete"  # pyarrow skips names starting with "_"
 
 __all__ = ["measure_frame", "contacts", "neighbours_within", "measure_output", "read_measurements"]
 
@@ -133,18 +137,16 @@ def _frame_table(labels: dict[str, np.ndarray], image: np.ndarray, names: list[s
     return pd.concat(list(tables.values()), ignore_index=True) if tables else pd.DataFrame()
 
 
-def _measure_task(output: str, populations: list[str], record: dict, t: int, radius_um: float) -> pd.DataFrame:
-    import zarr
-
+def _measure_task(output: Location, populations: list[str], record: dict, t: int, radius_um: float) -> pd.DataFrame:
     from .io.movie import open_run_input
 
     movie = open_run_input(record)
     image = np.asarray(movie.data[t].compute(scheduler="sync"))
-    labels = {p: zarr.open_array(str(OutputLayout(output).label_array(p)), mode="r")[t] for p in populations}
+    labels = {p: open_label_array(output, p)[t] for p in populations}
     return _frame_table(labels, image, [str(c) for c in movie.c.values], movie.attrs["pixel_size_um"], t, radius_um)
 
 
-def measure_output(output: Path | str, *, client=None, radius_um: float = 20.0, overwrite: bool = False,
+def measure_output(output: "Location | Path | str", *, client=None, radius_um: float = 20.0, overwrite: bool = False,
                    progress: bool = False) -> dict[str, Any]:
     """Measure every object of a finished run; write ``<output>/measurements.parquet``.
 
@@ -157,7 +159,7 @@ def measure_output(output: Path | str, *, client=None, radius_um: float = 20.0, 
     from .io.record import read_run_record
     from .io.movie import open_run_input
 
-    output = Path(output)
+    output = Location.of(output)
     rec = read_run_record(output)
     dest = OutputLayout(output).measurements
     if dest.exists() and not overwrite:
@@ -170,14 +172,15 @@ def measure_output(output: Path | str, *, client=None, radius_um: float = 20.0, 
     empty = {p: np.zeros((1, 1), np.uint32) for p in populations}
     meta = _frame_table(empty, np.zeros((movie.sizes["c"], 1, 1), movie.dtype), [str(c) for c in movie.c.values],
                         movie.attrs["pixel_size_um"], 0, radius_um)
-    parts = [dask.delayed(_measure_task)(str(output), populations, rec, t, radius_um) for t in range(n_t)]
+    parts = [dask.delayed(_measure_task)(output, populations, rec, t, radius_um) for t in range(n_t)]
     ddf = dd.from_delayed(parts, meta=meta, verify_meta=False)
-    if dest.exists():
-        import shutil
-
-        shutil.rmtree(dest)
-    tmp = dest.with_name(dest.name + ".partial")
-    write = ddf.to_parquet(str(tmp), partition_on=["population"], write_index=False, compute=False)
+    dest.delete()
+    # locally a complete dataset appears under its name by a rename; an object store has no rename,
+    # so there the dataset is written in place and a marker object written last says it is complete
+    tmp = dest.parent / (dest.name + ".partial") if dest.is_local else dest
+    tmp.delete()
+    write = ddf.to_parquet(tmp.url, partition_on=["population"], write_index=False, compute=False,
+                           storage_options=dest.storage_options or None)
     if client is not None:
         fut = client.compute(write)
         if progress:
@@ -188,12 +191,18 @@ def measure_output(output: Path | str, *, client=None, radius_um: float = 20.0, 
         fut.result()
     else:
         dask.compute(write)
-    tmp.rename(dest)  # only a complete dataset carries the final name
+    if dest.is_local:
+        Path(tmp.url).rename(dest.url)  # only a complete dataset carries the final name
+    else:
+        (dest / COMPLETE_MARKER).write_bytes(b"")
     rows = read_measurements(dest).groupby("population", observed=True).size().to_dict()
-    return {"path": str(dest), "rows": {str(k): int(v) for k, v in rows.items()},
+    return {"path": dest.url, "rows": {str(k): int(v) for k, v in rows.items()},
             "seconds": time.perf_counter() - t0, "frames": n_t}
 
 
-def read_measurements(path: Path | str) -> pd.DataFrame:
+def read_measurements(path: "Location | Path | str") -> pd.DataFrame:
     """Read a measurements dataset into one pandas DataFrame."""
-    return pd.read_parquet(path)
+    loc = Location.of(path)
+    if not loc.is_local and not (loc / COMPLETE_MARKER).exists():
+        raise PopsegError(f"{loc.url} is not a complete measurements dataset; run `popseg measure` again")
+    return pd.read_parquet(loc.url, storage_options=loc.storage_options or None)

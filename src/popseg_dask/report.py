@@ -8,13 +8,16 @@ over the image), time per stage, and the config and versions used.
 from __future__ import annotations
 
 import html
+import io
 import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .io.labels import open_label_array
 from .io.layout import OutputLayout
+from .location import Location
 
 __all__ = ["write_report", "overlay", "POPULATION_COLOURS"]
 
@@ -42,7 +45,7 @@ def overlay(image: np.ndarray, labels: dict[str, np.ndarray], colours: dict[str,
     return rgb
 
 
-def write_report(output: Path | str, *, frames: int = 4, measurements: bool = True) -> Path:
+def write_report(output: "Location | Path | str", *, frames: int = 4, measurements: bool = True) -> Location:
     """Write ``<output>/report/index.html`` (and its PNGs) for a finished run; returns the HTML path.
 
     Parameters
@@ -59,23 +62,32 @@ def write_report(output: Path | str, *, frames: int = 4, measurements: bool = Tr
     matplotlib.use("Agg")
     from .io.record import read_run_record
 
-    output = Path(output)
+    output = Location.of(output)
     rec = read_run_record(output)
     pops = list(rec["populations"])
     colours = {p: POPULATION_COLOURS[i % len(POPULATION_COLOURS)] for i, p in enumerate(pops)}
     out = OutputLayout(output).report_dir
-    out.mkdir(exist_ok=True)
     areas = _areas(output, pops, measurements)
     _plot_counts(out / "objects_per_frame.png", rec, colours)
     _plot_areas(out / "areas.png", areas, colours)
     _plot_overlays(out / "overlay.png", output, rec, colours, frames)
     _plot_timings(out / "timings.png", rec)
     html_path = out / "index.html"
-    html_path.write_text(_page(rec, pops, colours, areas))
+    html_path.write_bytes(_page(rec, pops, colours, areas).encode())
     return html_path
 
 
-def _plot_counts(path: Path, rec, colours: dict[str, str]) -> None:
+def _save(fig, path: Location) -> None:
+    """A figure as PNG at ``path`` (a local file or an object), then closed."""
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    path.write_bytes(buf.getvalue())
+
+
+def _plot_counts(path: Location, rec, colours: dict[str, str]) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 3.2), dpi=110)
@@ -87,11 +99,10 @@ def _plot_counts(path: Path, rec, colours: dict[str, str]) -> None:
     ax.legend(frameon=False)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    _save(fig, path)
 
 
-def _plot_areas(path: Path, areas: dict[str, np.ndarray], colours: dict[str, str]) -> None:
+def _plot_areas(path: Location, areas: dict[str, np.ndarray], colours: dict[str, str]) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 3.2), dpi=110)
@@ -103,14 +114,12 @@ def _plot_areas(path: Path, areas: dict[str, np.ndarray], colours: dict[str, str
     ax.set_title("Object areas, all frames")
     ax.legend(frameon=False)
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    _save(fig, path)
 
 
-def _plot_overlays(path: Path, output: Path, rec, colours: dict[str, str], frames: int) -> None:
+def _plot_overlays(path: Location, output: Location, rec, colours: dict[str, str], frames: int) -> None:
     """Contours of every population over a few frames spread through the movie."""
     import matplotlib.pyplot as plt
-    import zarr
 
     from .io.movie import open_run_input
 
@@ -118,7 +127,7 @@ def _plot_overlays(path: Path, output: Path, rec, colours: dict[str, str], frame
     movie = open_run_input(rec)
     n_t = len(rec["populations"][pops[0]]["objects_per_frame"])
     picks = sorted(set(np.linspace(0, n_t - 1, min(frames, n_t)).round().astype(int).tolist()))
-    arrays = {p: zarr.open_array(str(OutputLayout(output).label_array(p)), mode="r") for p in pops}
+    arrays = {p: open_label_array(output, p) for p in pops}
     fig, axes = plt.subplots(1, len(picks), figsize=(4.2 * len(picks), 4.6), dpi=110, squeeze=False)
     for ax, t in zip(axes[0], picks):
         image = np.asarray(movie.data[t].compute())
@@ -129,11 +138,10 @@ def _plot_overlays(path: Path, output: Path, rec, colours: dict[str, str], frame
     handles = [plt.Line2D([], [], color=colours[p], lw=3, label=p) for p in pops]
     fig.legend(handles=handles, loc="lower center", ncol=len(pops), frameon=False)
     fig.tight_layout(rect=(0, 0.06, 1, 0.96))
-    fig.savefig(path)
-    plt.close(fig)
+    _save(fig, path)
 
 
-def _plot_timings(path: Path, rec) -> None:
+def _plot_timings(path: Location, rec) -> None:
     import matplotlib.pyplot as plt
 
     timings = {k.removesuffix("_s"): v for k, v in rec.get("timings", {}).items() if k != "total_s"}
@@ -142,22 +150,20 @@ def _plot_timings(path: Path, rec) -> None:
     ax.set_xlabel("seconds")
     ax.set_title(f"Time per stage (total {rec['timings'].get('total_s', 0):.1f} s on {rec.get('n_workers')} worker(s))")
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    _save(fig, path)
 
 
-def _areas(output: Path, pops: list[str], use_table: bool) -> dict[str, np.ndarray]:
+def _areas(output: Location, pops: list[str], use_table: bool) -> dict[str, np.ndarray]:
     table = OutputLayout(output).measurements
     if use_table and table.exists():
         import pandas as pd
 
-        df = pd.read_parquet(table, columns=["population", "area_px"])
+        df = pd.read_parquet(table.url, columns=["population", "area_px"], storage_options=table.storage_options or None)
         return {p: df.loc[df["population"] == p, "area_px"].to_numpy() for p in pops}
-    import zarr
 
     out = {}
     for p in pops:
-        arr = zarr.open_array(str(OutputLayout(output).label_array(p)), mode="r")
+        arr = open_label_array(output, p)
         sizes = []
         for t in range(arr.shape[0]):
             lab = arr[t]

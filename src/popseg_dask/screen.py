@@ -29,6 +29,7 @@ from .config import RunConfig
 from .errors import PopsegError
 from .io.celldetective import experiment_channels
 from .io.layout import input_stem
+from .location import Location, is_url
 
 __all__ = ["Position", "Screen", "find_positions", "run_screen"]
 
@@ -38,8 +39,8 @@ class Position:
     """One movie of a screen, where its labels go, and what the config says differently for it."""
 
     name: str
-    input: Path
-    output: Path
+    input: Location
+    output: Location
     overrides: dict[str, Any] = field(default_factory=dict)
 
 
@@ -48,7 +49,7 @@ class Screen:
     """The positions of a screen and the folder that holds their outputs."""
 
     positions: list[Position]
-    root: Path
+    root: Location
 
 
 def _zarr_attrs(path: Path) -> dict:
@@ -79,7 +80,7 @@ def _plate_positions(path: Path, out: Path) -> list[Position]:
         images = ((attrs.get("ome") or attrs).get("well") or {}).get("images", [])
         for img in images:
             name = f"{well}/{img['path']}"
-            positions.append(Position(name, path / well / img["path"], out / f"{name}.popseg.zarr"))
+            positions.append(Position(name, Location.of(path / well / img["path"]), out / f"{name}.popseg.zarr"))
     if not positions:
         raise PopsegError(f"{path}: no field listed in any well; check the wells' 'well' metadata")
     return positions
@@ -109,7 +110,7 @@ def _experiment_positions(path: Path, out: Path, config: RunConfig) -> list[Posi
         if not movies:
             continue
         name = f"{pos_dir.parent.name}/{pos_dir.name}"
-        positions.append(Position(name, movies[0], out / f"{name}.popseg.zarr", dict(overrides)))
+        positions.append(Position(name, Location.of(movies[0]), out / f"{name}.popseg.zarr", dict(overrides)))
     if not positions:
         raise PopsegError(f"no movie found under {path}/W*/<position>/movie/{prefix}*.tif")
     return positions
@@ -119,17 +120,19 @@ def find_positions(config: RunConfig) -> Screen | None:
     """The positions of a screen input, or None when the input is a single movie."""
     inputs = config.input if isinstance(config.input, list) else None
     if inputs is not None:
-        out = config.resolve(config.output) if config.output else config.base_dir / "screen.popseg"
-        paths = [config.resolve(p) for p in inputs]
+        out = config.location(config.output or "screen.popseg")
+        paths = [config.location(p) for p in inputs]
         names = [input_stem(p) for p in paths]
         if len(set(names)) != len(names):
             raise PopsegError(f"the movies of 'input' must have distinct names (their outputs are named after "
                               f"them); got {names}")
         return Screen([Position(n, p, out / f"{n}.popseg.zarr") for n, p in zip(names, paths)], out)
+    if is_url(config.input):
+        return None  # plates and experiment folders are scanned on local disk; a URL is one movie
     path = config.resolve(config.input)
     if not path.is_dir():
         return None
-    out = config.resolve(config.output) if config.output else path.parent / f"{input_stem(path)}.popseg"
+    out = config.location(config.output) if config.output else Location.of(path.parent / f"{input_stem(path)}.popseg")
     if (path / "config.ini").is_file():
         return Screen(_experiment_positions(path, out, config), out)
     if _plate(path) is not None:
@@ -157,14 +160,15 @@ def run_screen(config: RunConfig, screen: Screen, *, client, overwrite: bool = F
     failed = []
     echo(f"screen: {len(positions)} position(s)")
     for i, pos in enumerate(positions, 1):
-        update: dict[str, Any] = {"input": pos.input, "output": None if in_place else pos.output, **pos.overrides}
+        update: dict[str, Any] = {"input": pos.input.url, "output": None if in_place else pos.output.url,
+                                  **pos.overrides}
         cfg = config.model_copy(update=update)
         echo(f"[{i}/{len(positions)}] {pos.name}")
         try:
             rec = run(cfg, client=client, overwrite=overwrite, in_place=in_place, progress=progress, echo=echo)
         except PopsegError as err:
             failed.append(pos.name)
-            summary["positions"][pos.name] = {"status": "failed", "error": str(err), "input": str(pos.input)}
+            summary["positions"][pos.name] = {"status": "failed", "error": str(err), "input": pos.input.url}
             echo(f"  {pos.name}: error: {err}")
             continue
         summary["positions"][pos.name] = {
@@ -175,8 +179,7 @@ def run_screen(config: RunConfig, screen: Screen, *, client, overwrite: bool = F
     summary["seconds"] = time.perf_counter() - t0
     summary["failed"] = failed
     if not in_place:
-        screen.root.mkdir(parents=True, exist_ok=True)
-        (screen.root / "screen.json").write_text(json.dumps(summary, indent=1, default=str))
+        (screen.root / "screen.json").write_bytes(json.dumps(summary, indent=1, default=str).encode())
     if failed:
         raise PopsegError(f"{len(failed)} of {len(positions)} position(s) failed ({', '.join(failed[:5])}"
                           f"{', ...' if len(failed) > 5 else ''}); the others are complete — fix those inputs "

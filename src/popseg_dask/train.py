@@ -14,6 +14,7 @@ A model folder is the framework's own plus Celldetective's ``config_input.json``
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import shutil
@@ -24,6 +25,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from .errors import PopsegError
+from .location import Location
 from .metrics import f1_score
 from .normalize import ChannelScaling, apply_scaling, scaling_from_pixels
 from .segmenters.model import quiet_tensorflow
@@ -58,18 +60,19 @@ def parse_frames(spec: str | None, n_frames: int) -> list[int]:
     return frames
 
 
-def _read_labels(path: Path) -> np.ndarray:
+def _read_labels(path: "Location | Path | str") -> np.ndarray:
     """A label image ``(t, y, x)`` or ``(y, x)`` from TIFF, a Zarr array or a popseg label group."""
     import tifffile
     import zarr
 
-    if not path.exists():
+    path = Location.of(path)
+    if not path.exists() and not (path / "zarr.json").exists():
         raise PopsegError(f"labels {path} not found; give a TIFF or Zarr label image")
-    if path.suffix.lower() in (".tif", ".tiff"):
-        arr = tifffile.imread(str(path))
+    if path.name.lower().endswith((".tif", ".tiff")):
+        arr = tifffile.imread(io.BytesIO(path.read_bytes()) if not path.is_local else path.url)
     else:
         try:
-            node = zarr.open(str(path), mode="r")
+            node = zarr.open(store=path.zarr_store(read_only=True), mode="r")
             arr = node if isinstance(node, zarr.Array) else node["0"]
         except Exception as err:
             raise PopsegError(f"cannot read labels {path}: {err}; give a TIFF or a Zarr array") from None
@@ -155,7 +158,7 @@ def _training_sources(output, population, labels, movie, channels):
     pops = record.get("populations", {})
     if population not in pops:
         raise PopsegError(f"population {population!r} is not in {output}; it has {sorted(pops)}")
-    lab_path = Path(labels) if labels else OutputLayout(output).label_array(population)
+    lab_path = Location.of(labels) if labels else OutputLayout(output).label_array(population)
     return open_run_input(record), list(channels or pops[population]["channels"]), lab_path
 
 

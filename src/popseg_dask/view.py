@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import PopsegError
+from .location import Location
 
 __all__ = ["napari_layers", "view"]
 
@@ -24,7 +25,7 @@ def napari_layers(output: Path | str) -> list[tuple[Any, dict, str]]:
     from .io.record import read_run_record
     from .io.movie import open_run_input
 
-    output = Path(output)
+    output = Location.of(output)
     rec = read_run_record(output, complete=False)
     movie = open_run_input(rec)
     px = movie.attrs["pixel_size_um"] or 1.0
@@ -35,8 +36,9 @@ def napari_layers(output: Path | str) -> list[tuple[Any, dict, str]]:
                                           "blending": "additive", "scale": scale}, "image"))
     for p in rec["populations"]:
         path = OutputLayout(output).label_array(p)
-        if path.exists():
-            layers.append((da.from_zarr(str(path)), {"name": p, "scale": scale, "opacity": 0.5}, "labels"))
+        if (path / "zarr.json").exists() or (path / ".zarray").exists():
+            layers.append((da.from_zarr(path.url, storage_options=path.storage_options or None),
+                           {"name": p, "scale": scale, "opacity": 0.5}, "labels"))
     return layers
 
 

@@ -22,7 +22,8 @@ import numpy as np
 
 from ..io.labels import label_chunks
 from .plan import PopulationJob, RunPlan
-from .worker import (FrameRecord, FrameSource, frame_stats_task, merge_task, number_task, reduce_stats_task,
+from ..location import Location
+from .worker import (ArrayRef, FrameRecord, FrameSource, frame_stats_task, merge_task, number_task, reduce_stats_task,
                      tile_stats_task, tile_task, whole_frames_task)
 
 __all__ = ["FrameSlicer", "PassArrays", "number_graph", "segment_graph"]
@@ -66,9 +67,9 @@ class PassArrays:
     run_id: str
     slicer: FrameSlicer
     label: str                      # the input, for messages
-    ledger: str
-    scratch: dict[str, str] = field(default_factory=dict)
-    aux: dict[str, str | None] = field(default_factory=dict)
+    ledger: Location
+    scratch: dict[str, ArrayRef] = field(default_factory=dict)
+    aux: dict[str, ArrayRef | None] = field(default_factory=dict)
     stats0: dict[str, Any] = field(default_factory=dict)
 
     def source(self, job: PopulationJob, t: int) -> FrameSource:
@@ -113,13 +114,13 @@ def segment_graph(job: PopulationJob, ts: list[int], arrays: PassArrays):
                                         dask_key_name=f"merge-{tag}")
 
 
-def number_graph(plan: RunPlan, job: PopulationJob, ts: list[int], final: str, offsets: np.ndarray,
+def number_graph(plan: RunPlan, job: PopulationJob, ts: list[int], final: ArrayRef, offsets: np.ndarray,
                  counts: np.ndarray, dtype: np.dtype, run_id: str):
     """The task that writes frames ``ts``' final ids, chunk by chunk, and marks them numbered."""
     Y, X = plan.frame_shape
     cy, cx = label_chunks((Y, X))[1:]
     windows = [(y0, min(Y, y0 + cy), x0, min(X, x0 + cx)) for y0 in range(0, Y, cy) for x0 in range(0, X, cx)]
     return dask.delayed(number_task)(
-        str(plan.layout.scratch(job.name)), final, ts, windows, str(plan.layout.ledger), job.name,
+        ArrayRef(plan.layout.scratch(job.name), run_id), final, ts, windows, plan.layout.ledger, job.name,
         [int(offsets[t]) for t in ts], np.dtype(dtype).str, [int(counts[t]) for t in ts],
         dask_key_name=f"number-{job.name}-t{ts[0]}-{run_id}")

@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,6 +22,7 @@ from ..errors import PopsegError
 from ..io.layout import OutputLayout, default_output
 from ..io.ledger import fingerprint
 from ..io.movie import open_movie
+from ..location import Location
 from ..segmenters import Segmenter, build_segmenter
 from ..stitch import provisional_dtype
 from ..tiling import TilePlan, tile_policy
@@ -97,7 +97,7 @@ class RunPlan:
     config: RunConfig
     movie: xr.DataArray
     jobs: list[PopulationJob]
-    output: Path
+    output: Location
     in_place: bool
     ngff_version: str = "0.5"
     window: int = 8            # graphs in flight
@@ -117,15 +117,15 @@ class RunPlan:
         return int(self.movie.sizes["t"])
 
     @property
-    def input_path(self) -> Path:
-        return self.config.resolve(self.config.input)
+    def input(self) -> Location:
+        return self.config.location(self.config.input)
 
     def fingerprint(self) -> str:
         """What must not change for a run to be resumed: input, config (not its output), tile plans."""
         cfg = self.config.model_dump(mode="json")
         cfg.pop("output", None)
         return fingerprint({
-            "input": str(self.input_path.resolve()), "config": cfg,
+            "input": self.input.url, "config": cfg,
             "shape": [int(v) for v in self.movie.shape],
             "tiles": {j.name: [list(j.tiles.tile), j.tiles.halo] for j in self.jobs},
         })
@@ -155,14 +155,6 @@ def _placed(job: PopulationJob, device: str, facts: ClusterFacts, n_frames: int)
     return dataclasses.replace(job, segmenter=seg.on_device(chosen), device=chosen, frames_per_task=per_task)
 
 
-def _is_within(child: Path, parent: Path) -> bool:
-    try:
-        child.resolve().relative_to(parent.resolve())
-        return True
-    except ValueError:
-        return False
-
-
 def plan_run(config: RunConfig, *, in_place: bool = False) -> RunPlan:
     """Open the movie lazily, build every population's segmenter and tiles, choose the output.
 
@@ -185,10 +177,10 @@ def plan_run(config: RunConfig, *, in_place: bool = False) -> RunPlan:
     if isinstance(config.input, list):
         raise PopsegError("'input' lists several movies: that is a screen; run it with `popseg run` "
                           "(or popseg_dask.screen.run_screen)")
-    input_path = config.resolve(config.input)
-    movie = open_movie(input_path, channels=config.channels, dims=config.dims, pixel_size_um=config.pixel_size_um)
+    source = config.location(config.input)
+    movie = open_movie(source, channels=config.channels, dims=config.dims, pixel_size_um=config.pixel_size_um)
     jobs = [_job(config, pop, movie) for pop in config.populations]
-    output, version = _output(config, input_path, movie.attrs["source"], in_place)
+    output, version = _output(config, source, movie.attrs["source"], in_place)
     return RunPlan(config, movie, jobs, output, in_place, version)
 
 
@@ -207,15 +199,22 @@ def _job(config: RunConfig, pop: str, movie: xr.DataArray) -> PopulationJob:
     return PopulationJob(pop, seg, [names.index(c) for c in seg.channels], tiles, scratch)
 
 
-def _output(config: RunConfig, input_path: Path, source: dict[str, Any], in_place: bool) -> tuple[Path, str]:
+def _output(config: RunConfig, source: Location, facts: dict[str, Any], in_place: bool) -> tuple[Location, str]:
     """Where the labels go and which NGFF version they are written in."""
     if in_place:
-        if source["format"] != "ome-zarr":
+        if facts["format"] != "ome-zarr":
             raise PopsegError("--in-place needs an OME-Zarr input (labels are written inside the image group)")
-        return input_path, "0.4" if source.get("zarr_format") == 2 else "0.5"
-    output = config.resolve(config.output) if config.output else default_output(input_path)
-    if input_path.is_dir() and _is_within(output, input_path):
-        raise PopsegError(f"output {output} is inside the input {input_path}; choose another 'output' or pass --in-place")
-    if _is_within(input_path, output):
-        raise PopsegError(f"output {output} contains the input {input_path}; choose another 'output'")
-    return Path(output), "0.5"
+        if source.read_only:
+            raise PopsegError(f"--in-place cannot write into {source.url} ({source.scheme}:// is read-only); "
+                              "set 'output' to a local path, s3:// or gs://")
+        return source, "0.4" if facts.get("zarr_format") == 2 else "0.5"
+    output = config.location(config.output) if config.output else default_output(source)
+    if output.read_only:
+        where = "the default output beside the input" if not config.output else f"output {output.url}"
+        raise PopsegError(f"{where} is on {output.scheme}://, which is read-only; set 'output' to a local path, "
+                          "s3:// or gs://")
+    if source.contains(output):
+        raise PopsegError(f"output {output} is inside the input {source}; choose another 'output' or pass --in-place")
+    if output.contains(source):
+        raise PopsegError(f"output {output} contains the input {source}; choose another 'output'")
+    return output, "0.5"

@@ -28,10 +28,14 @@ import numpy as np
 from ..cluster import open_client
 from ..config import RunConfig
 from ..io.labels import LabelStore, create_scratch, relative_source
+from ..errors import PopsegError
+from ..io.identity import changed_frames, frame_tokens
+from ..io.lease import Lease
 from ..io.ledger import Ledger
 from ..io.record import PopulationRecord, RunRecord
 from ..stitch import FrameInfo, frame_offsets, label_dtype_for
 from .graph import FrameSlicer, PassArrays, number_graph, segment_graph
+from .worker import ArrayRef
 from .plan import ClusterFacts, RunPlan, plan_run
 from .submit import Progress, run_progressively
 
@@ -98,29 +102,39 @@ class RunState:
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
     seen: dict[tuple[str, int], FrameInfo] = field(default_factory=dict)
     computed: dict[str, int] = field(default_factory=dict)
+    lease: Lease | None = None
+    tokens: list[str] | None = None
 
 
 def execute(client, plan: RunPlan, *, overwrite: bool = False, progress: bool = False, echo: Echo = lambda m: None,
             t0: float | None = None) -> RunRecord:
-    """Run a plan on a connected client (see :func:`run`)."""
+    """Run a plan on a connected client (see :func:`run`), holding the output's lease throughout."""
     t0 = time.perf_counter() if t0 is None else t0
     plan = plan.for_cluster(ClusterFacts.of(client))
     for job in plan.jobs:
         if job.device == "gpu":
             echo(f"population {job.name}: segment tasks on GPU workers ({plan.facts.gpu_workers} of them)")
-    state = prepare_output(plan, overwrite)
-    if isinstance(state, dict):
-        echo(f"nothing to do: {plan.output} already holds this run, complete (pass --overwrite to redo it)")
-        return {**state, "up_to_date": True}
-    announce(client, plan, echo)
-    timings = {"plan_s": time.perf_counter() - t0}
-    t1 = time.perf_counter()
-    segment_pass(client, state, progress, echo)
-    timings["segment_s"] = time.perf_counter() - t1
-    t2 = time.perf_counter()
-    populations = number_pass(client, state, progress)
-    timings["number_s"] = time.perf_counter() - t2
-    return finish(client, state, populations, timings, t0)
+    lease = Lease(plan.layout.lease)
+    lease.acquire(echo)  # before anything in the output is read for resuming, or deleted
+    try:
+        state = prepare_output(plan, overwrite)
+        if isinstance(state, dict):
+            echo(f"nothing to do: {plan.output} already holds this run, complete (pass --overwrite to redo it)")
+            return {**state, "up_to_date": True}
+        state.lease = lease
+        announce(client, plan, echo)
+        timings = {"plan_s": time.perf_counter() - t0}
+        t1 = time.perf_counter()
+        segment_pass(client, state, progress, echo)
+        timings["segment_s"] = time.perf_counter() - t1
+        t2 = time.perf_counter()
+        lease.check()
+        populations = number_pass(client, state, progress)
+        timings["number_s"] = time.perf_counter() - t2
+        lease.check()
+        return finish(client, state, populations, timings, t0)
+    finally:
+        lease.release()
 
 
 @functools.lru_cache(maxsize=1)
@@ -150,20 +164,38 @@ def prepare_output(plan: RunPlan, overwrite: bool) -> RunState | RunRecord:
     if status == "complete":
         return store.read_record()
     ledger = Ledger(plan.layout.ledger)
+    tokens = frame_tokens(plan.movie.attrs["source"], plan.n_frames, plan.input.storage_options)
     if status == "fresh":
         ledger.clear()  # leftovers of an earlier run in the same place
+        ledger.save_input(tokens)
+    else:
+        _same_input(plan, ledger.load_input(), tokens)
     previous = store.read_record() if status != "fresh" else None
     now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     record: RunRecord = {
         "complete": False, "started": (previous or {}).get("started") or now,
-        "input": str(plan.input_path.resolve()), "config": plan.config.model_dump(mode="json"), "fingerprint": fp,
+        "input": plan.input.url, "config": plan.config.model_dump(mode="json"), "fingerprint": fp,
         "versions": {"python": platform.python_version(), **dict(_package_versions())},
         "populations": {j.name: j.segmenter.describe() for j in plan.jobs},
     }
     if status == "resume":
         record["resumed"] = (previous or {}).get("resumed", []) + [now]
     store.write_record(record)
-    return RunState(plan, store, ledger, record, fresh=status == "fresh")
+    return RunState(plan, store, ledger, record, fresh=status == "fresh", tokens=tokens)
+
+
+def _same_input(plan: RunPlan, recorded: list[str] | None, current: list[str] | None, *, during: bool = False) -> None:
+    """Refuse to combine frames computed from different inputs (see :mod:`popseg_dask.io.identity`)."""
+    changed = changed_frames(recorded, current)
+    again = "run again with --overwrite to segment it afresh"
+    if changed is None:
+        raise PopsegError(f"cannot check that the input {plan.input.url} is the one the interrupted run in "
+                          f"{plan.output} started from ({plan.input.scheme}:// cannot be listed); {again}")
+    if changed:
+        shown = ", ".join(map(str, changed[:8])) + (", ..." if len(changed) > 8 else "")
+        when = "while this run was running" if during else "since the interrupted run in " + str(plan.output)
+        raise PopsegError(f"the input {plan.input.url} changed {when}: {len(changed)} frame(s) differ ({shown}); "
+                          f"its frames must not be mixed; {again}")
 
 
 def announce(client, plan: RunPlan, echo: Echo) -> None:
@@ -178,13 +210,14 @@ def _pass_arrays(client, state: RunState, todo: dict[str, list[int]]) -> PassArr
     """Scratch arrays (created or reopened) and movie statistics (computed once) of each population."""
     plan = state.plan
     arrays = PassArrays(state.run_id, FrameSlicer(plan.movie.data), plan.movie.attrs["source"]["path"],
-                        str(plan.layout.ledger))
-    zf = state.store.zarr_format
+                        plan.layout.ledger)
+    zf, rid = state.store.zarr_format, state.run_id
     for job in plan.jobs:
         spec = job.scratch
-        arrays.scratch[job.name] = create_scratch(plan.layout.scratch(job.name), spec.shape, spec.chunks, spec.dtype, zf)
-        arrays.aux[job.name] = create_scratch(plan.layout.aux(job.name), spec.shape, spec.chunks, np.int32, zf) \
-            if spec.aux else None
+        arrays.scratch[job.name] = ArrayRef(create_scratch(plan.layout.scratch(job.name), spec.shape, spec.chunks,
+                                                           spec.dtype, zf), rid)
+        arrays.aux[job.name] = ArrayRef(create_scratch(plan.layout.aux(job.name), spec.shape, spec.chunks, np.int32,
+                                                       zf), rid) if spec.aux else None
         if job.needs_movie_stats and todo[job.name]:
             data = plan.movie.data[:, job.channel_index]
             refs = {t: data[t] for t in job.segmenter.reference_frames()}
@@ -234,12 +267,12 @@ def number_pass(client, state: RunState, progress: bool) -> dict[str, Population
         infos = [state.seen.get((job.name, t)) or ledger.load_frame(job.name, t).info for t in range(n_t)]
         counts = np.asarray([i.count for i in infos], dtype=np.int64)
         dtype = label_dtype_for(int(counts.sum()))
-        final = state.store.create_labels(
+        final = ArrayRef(state.store.create_labels(
             job.name, (n_t, *plan.frame_shape), dtype,
             source_image="../../" if plan.in_place else relative_source(plan.layout.label_group(job.name),
-                                                                       plan.movie.attrs["source"]["path"]),
+                                                                       plan.input),
             scale=plan.movie.attrs["scale"], unit_to_um=plan.movie.attrs["source"].get("unit_to_um"),
-            keep=not state.fresh)
+            keep=not state.fresh), state.run_id)
         numbered = ledger.numbered(job.name, n_t)
         missing = [t for t in range(n_t) if not numbered[t]]
         per = plan.number_frames_per_task
@@ -276,6 +309,10 @@ def population_record(job, infos: list[FrameInfo], counts: np.ndarray, dtype: np
 def finish(client, state: RunState, populations: dict[str, PopulationRecord], timings: dict[str, float],
            t0: float) -> RunRecord:
     """Mark each population complete, drop the run's state, write the record ``complete: true``."""
+    if state.tokens is not None:  # an input replaced while this run read it: nothing is marked complete
+        plan = state.plan
+        _same_input(plan, state.tokens, frame_tokens(plan.movie.attrs["source"], plan.n_frames,
+                                                     plan.input.storage_options), during=True)
     for name, info in populations.items():
         state.store.mark_population(name, {"complete": True, **info})
     state.ledger.clear()

@@ -7,7 +7,6 @@ merge has saved its record in the ledger, after its pixels are in the scratch ar
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,16 +15,17 @@ import numpy as np
 
 from ..errors import PopsegError
 from ..io.ledger import Ledger
+from ..location import Location
 from ..segmenters import Segmenter, WindowContext
 from ..stitch import FrameResult, TileResult, complete_frame, number_from_provisional, provisional_dtype, resolve_tile
 from ..tiling import Tile, TilePlan
 
-__all__ = ["FrameSource", "FrameRecord", "ArrayCanvas", "open_array", "window_context", "frame_stats_task",
+__all__ = ["ArrayRef", "FrameSource", "FrameRecord", "ArrayCanvas", "open_array", "window_context", "frame_stats_task",
            "tile_stats_task", "reduce_stats_task", "tile_task", "merge_task", "whole_frames_task", "number_task"]
 
 _FRAME_CACHE: dict[str, np.ndarray] = {}
 _FRAME_CACHE_BYTES = 256 * 2**20
-_ARRAYS: dict[tuple[str, str], tuple[tuple, Any]] = {}
+_ARRAYS: dict[tuple[str, str, str], Any] = {}
 
 
 class FrameSource:
@@ -70,30 +70,33 @@ class FrameSource:
         return np.asarray(self.arr[:, y0:y1, x0:x1].compute(scheduler="sync", optimize_graph=False))
 
 
-def open_array(a, mode: str):
-    """A Zarr array by path, opened once per worker process while its metadata file is unchanged.
+@dataclass(frozen=True)
+class ArrayRef:
+    """A Zarr array a run's tasks open by location; ``token`` (the run's id) tells a re-created
+    array in the same place from the one a worker already opened."""
 
-    Opening reads and parses the metadata (milliseconds); with thousands of small frames per
-    run that was most of a task's time. A re-created array (a new run in the same place) has a
-    new metadata file, so it is opened again. Anything but a path (an array) is returned as is.
+    location: Location
+    token: str = ""
+
+
+def open_array(a, mode: str):
+    """The Zarr array ``a`` refers to, opened once per worker process and run.
+
+    Opening reads and parses the metadata (milliseconds locally, a request on an object store);
+    with thousands of small frames per run that was most of a task's time. Anything but an
+    :class:`ArrayRef` (an array already) is returned as is.
     """
     import zarr
 
-    if not isinstance(a, str):
+    if not isinstance(a, ArrayRef):
         return a
-    meta = os.path.join(a, "zarr.json")
-    try:
-        st = os.stat(meta if os.path.exists(meta) else os.path.join(a, ".zarray"))
-        stamp = (st.st_mtime_ns, st.st_ino, st.st_size)
-    except OSError:
-        return zarr.open_array(a, mode=mode)
-    hit = _ARRAYS.get((a, mode))
-    if hit is not None and hit[0] == stamp:
-        return hit[1]
-    arr = zarr.open_array(a, mode=mode)
-    if len(_ARRAYS) > 64:
-        _ARRAYS.clear()
-    _ARRAYS[(a, mode)] = (stamp, arr)
+    key = (a.location.url, a.token, mode)
+    arr = _ARRAYS.get(key)
+    if arr is None:
+        arr = zarr.open_array(store=a.location.zarr_store(read_only=mode == "r"), mode=mode)
+        if len(_ARRAYS) > 64:
+            _ARRAYS.clear()
+        _ARRAYS[key] = arr
     return arr
 
 
@@ -114,9 +117,9 @@ class ArrayCanvas:
 
 @dataclass(frozen=True)
 class FrameRecord:
-    """Where a frame's merge records it: the ledger folder and the population."""
+    """Where a frame's merge records it: the ledger and the population."""
 
-    ledger: str
+    ledger: Location
     population: str
 
 
@@ -188,7 +191,7 @@ def whole_frames_task(sources: list[FrameSource], ts: list[int], stats0: Any, se
     return out
 
 
-def number_task(scratch: str, final: str, ts: list[int], windows, ledger: str, population: str,
+def number_task(scratch: ArrayRef, final: ArrayRef, ts: list[int], windows, ledger: Location, population: str,
                 offsets: list[int], dtype: str, counts: list[int]) -> int:
     """Write frames ``ts``' final ids (chunk by chunk) from their recorded anchors, marking each numbered.
 

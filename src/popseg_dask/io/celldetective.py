@@ -15,7 +15,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import PopsegError
-from .layout import OutputLayout
+from ..location import Location
+from .labels import open_label_array
 
 __all__ = ["experiment_channels", "export_labels", "import_experiment"]
 
@@ -34,13 +35,12 @@ def export_labels(output: Path | str, experiment: Path | str, *, well: str = "W1
         than 65535 objects (uint16 cannot number them).
     """
     import tifffile
-    import zarr
 
     from ..stitch import canonical_relabel
 
     from .record import read_run_record
 
-    output = Path(output)
+    output = Location.of(output)
     rec = read_run_record(output)
     pops = populations or list(rec["populations"])
     unknown = set(pops) - set(rec["populations"])
@@ -63,7 +63,7 @@ def export_labels(output: Path | str, experiment: Path | str, *, well: str = "W1
         d.mkdir(parents=True, exist_ok=True)
         for old in d.glob("*.tif"):
             old.unlink()
-        arr = zarr.open_array(str(OutputLayout(output).label_array(p)), mode="r")
+        arr = open_label_array(output, p)
         for t in range(arr.shape[0]):
             lab, n = canonical_relabel(arr[t])
             tifffile.imwrite(d / f"{t:04d}.tif", lab.astype(np.uint16), imagej=True, metadata={"axes": "YX"})

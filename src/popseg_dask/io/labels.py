@@ -8,7 +8,7 @@ chunk has exactly one writer: chunks are ``(1, cy, cx)`` and a task always write
 from __future__ import annotations
 
 import os
-import shutil
+import posixpath
 from pathlib import Path
 from typing import Any
 
@@ -16,10 +16,11 @@ import numpy as np
 import zarr
 
 from ..errors import PopsegError
-from .layout import RECORD_KEY, OutputLayout
+from ..location import Location
+from .layout import LEASE_DIR, RECORD_KEY, OutputLayout
 from .record import RunRecord, stored_record
 
-__all__ = ["LabelStore", "create_scratch", "label_chunks", "relative_source"]
+__all__ = ["LabelStore", "create_scratch", "label_chunks", "open_label_array", "relative_source"]
 
 
 def label_chunks(shape_yx: tuple[int, int], max_chunk: int = 2048) -> tuple[int, int, int]:
@@ -42,18 +43,22 @@ class LabelStore:
         Metadata version; decides the Zarr format (v3 for 0.5, v2 for 0.4).
     """
 
-    def __init__(self, root: Path | str, ngff_version: str = "0.5"):
+    def __init__(self, root: "Location | Path | str", ngff_version: str = "0.5"):
         if ngff_version not in ("0.4", "0.5"):
             raise ValueError(f"unsupported NGFF version {ngff_version}")
-        self.root = Path(root)
+        self.root = Location.of(root)
         self.paths = OutputLayout(self.root)
         self.ngff_version = ngff_version
         self.zarr_format = 3 if ngff_version == "0.5" else 2
 
+    def _contents(self) -> list[str]:
+        """What the output holds besides the lease of the run writing it."""
+        return [n for n in self.root.list() if n != LEASE_DIR]
+
     # ----------------------------------------------------------- creation
     def prepare(self, *, overwrite: bool, in_place: bool, populations: list[str],
                 fingerprint: str | None = None) -> str:
-        """Create the root group, refusing to clobber results unless asked.
+        """Create the root group, refusing to clobber results unless asked (call with the lease held).
 
         With ``in_place`` the root is the input image itself: only the named
         populations' label groups may be replaced, nothing else is touched.
@@ -61,26 +66,16 @@ class LabelStore:
         Returns ``"fresh"``, ``"resume"`` (an unfinished run with the same ``fingerprint`` is
         there: its finished frames are kept) or ``"complete"`` (that run already finished).
         """
-        if not in_place and self.root.exists() and not overwrite:
-            rec = self.read_record()
-            if rec is None:
-                raise PopsegError(
-                    f"output {self.root} already exists; pass --overwrite to replace it or set another 'output'"
-                )
-            if fingerprint is None or rec.get("fingerprint") != fingerprint:
-                raise PopsegError(
-                    f"output {self.root} holds a run of another configuration or input; pass --overwrite to "
-                    "replace it (its results would be lost) or set another 'output'"
-                )
-            if rec.get("complete"):
-                return "complete"
-            return "resume"
-        if not in_place and self.root.exists():
-            if not (self.root / "zarr.json").exists() and not (self.root / ".zgroup").exists():
+        contents = [] if in_place else self._contents()
+        if contents and not overwrite:
+            return self._existing_run(fingerprint)
+        if contents:
+            if "zarr.json" not in contents and ".zgroup" not in contents:
                 raise PopsegError(
                     f"output {self.root} exists and is not a Zarr store; refusing to delete it with --overwrite"
                 )
-            shutil.rmtree(self.root)
+            for name in contents:  # everything but the lease this run holds
+                (self.root / name).delete()
         if in_place:
             for pop in populations:
                 if self.paths.label_group(pop).exists():
@@ -88,15 +83,25 @@ class LabelStore:
                         raise PopsegError(
                             f"labels for population '{pop}' already exist in {self.root}; pass --overwrite to replace them"
                         )
-                    shutil.rmtree(self.paths.label_group(pop))
+                    self.paths.label_group(pop).delete()
         try:
-            self.root.parent.mkdir(parents=True, exist_ok=True)
-            zarr.open_group(str(self.root), mode="a", zarr_format=self.zarr_format)
+            zarr.open_group(store=self.root.zarr_store(), mode="a", zarr_format=self.zarr_format)
         except PermissionError:
             raise PopsegError(f"cannot write output {self.root}: permission denied; choose a writable 'output'") from None
         except OSError as err:
-            raise PopsegError(f"cannot write output {self.root}: {err.strerror}; choose a writable 'output'") from None
+            raise PopsegError(f"cannot write output {self.root}: {err.strerror or err}; choose a writable 'output'") from None
         return "fresh"
+
+    def _existing_run(self, fingerprint: str | None) -> str:
+        rec = self.read_record()
+        if rec is None:
+            raise PopsegError(f"output {self.root} already exists; pass --overwrite to replace it or set another 'output'")
+        if fingerprint is None or rec.get("fingerprint") != fingerprint:
+            raise PopsegError(
+                f"output {self.root} holds a run of another configuration or input; pass --overwrite to "
+                "replace it (its results would be lost) or set another 'output'"
+            )
+        return "complete" if rec.get("complete") else "resume"
 
     def create_labels(
         self,
@@ -108,23 +113,23 @@ class LabelStore:
         scale: dict[str, float],
         unit_to_um: float | None,
         keep: bool = False,
-    ) -> str:
-        """Create a population's NGFF label image (empty) and return its array path.
+    ) -> Location:
+        """Create a population's NGFF label image (empty) and return its array's location.
 
         With ``keep``, an existing one of the same shape and dtype (a resumed run's) is kept.
         """
         grp_path, arr_path = self.paths.label_group(population), self.paths.label_array(population)
-        if keep and arr_path.exists():
+        if keep:
             try:
-                old = zarr.open_array(str(arr_path), mode="r")
+                old = zarr.open_array(store=arr_path.zarr_store(read_only=True), mode="r")
                 if old.shape == tuple(shape) and old.dtype == np.dtype(dtype):
-                    return str(arr_path)
+                    return arr_path
             except Exception:
-                pass
-        labels_grp = zarr.open_group(str(self.paths.labels_group), mode="a", zarr_format=self.zarr_format)
-        grp = zarr.open_group(str(grp_path), mode="w", zarr_format=self.zarr_format)
+                pass  # absent or unreadable: create it
+        labels_grp = zarr.open_group(store=self.paths.labels_group.zarr_store(), mode="a", zarr_format=self.zarr_format)
+        grp = zarr.open_group(store=grp_path.zarr_store(), mode="w", zarr_format=self.zarr_format)
         zarr.create_array(
-            store=str(arr_path), shape=shape, chunks=label_chunks(shape[1:]), dtype=dtype,
+            store=arr_path.zarr_store(), shape=shape, chunks=label_chunks(shape[1:]), dtype=dtype,
             fill_value=0, zarr_format=self.zarr_format, overwrite=True,
             dimension_names=["t", "y", "x"] if self.zarr_format == 3 else None,
         )
@@ -152,12 +157,12 @@ class LabelStore:
             labels_grp.attrs["ome"] = {"version": "0.5", "labels": names}
         else:
             labels_grp.attrs["labels"] = names
-        return str(arr_path)
+        return arr_path
 
     # ----------------------------------------------------------- records
     def write_record(self, record: RunRecord) -> None:
         """Store the run record in the root group's attributes."""
-        grp = zarr.open_group(str(self.root), mode="a", zarr_format=self.zarr_format)
+        grp = zarr.open_group(store=self.root.zarr_store(), mode="a", zarr_format=self.zarr_format)
         grp.attrs[RECORD_KEY] = record
 
     def read_record(self) -> RunRecord | None:
@@ -165,26 +170,36 @@ class LabelStore:
 
     def mark_population(self, population: str, info: dict[str, Any]) -> None:
         """Store a finished population's record in its label group's attributes."""
-        grp = zarr.open_group(str(self.paths.label_group(population)), mode="a", zarr_format=self.zarr_format)
+        grp = zarr.open_group(store=self.paths.label_group(population).zarr_store(), mode="a",
+                              zarr_format=self.zarr_format)
         grp.attrs[RECORD_KEY] = info
 
 
-def create_scratch(path: Path | str, shape: tuple[int, int, int], tile: tuple[int, int], dtype,
-                   zarr_format: int) -> str:
-    """Create (or, resuming, reopen) a scratch array chunked by the tile cores; returns its path."""
-    p = Path(path)
-    if p.exists():
-        try:
-            old = zarr.open_array(str(p), mode="r")
-            if old.shape == tuple(shape) and old.chunks == (1, *tile) and old.dtype == np.dtype(dtype):
-                return str(p)
-        except Exception:
-            pass  # unreadable leftovers: start the array again
-    zarr.create_array(store=str(p), shape=shape, chunks=(1, *tile), dtype=dtype, fill_value=0,
+def create_scratch(loc: Location, shape: tuple[int, int, int], tile: tuple[int, int], dtype,
+                   zarr_format: int) -> Location:
+    """Create (or, resuming, reopen) a scratch array chunked by the tile cores."""
+    try:
+        old = zarr.open_array(store=loc.zarr_store(read_only=True), mode="r")
+        if old.shape == tuple(shape) and old.chunks == (1, *tile) and old.dtype == np.dtype(dtype):
+            return loc
+    except Exception:
+        pass  # absent or unreadable leftovers: start the array again
+    zarr.create_array(store=loc.zarr_store(), shape=shape, chunks=(1, *tile), dtype=dtype, fill_value=0,
                       zarr_format=zarr_format, overwrite=True)
-    return str(p)
+    return loc
 
 
-def relative_source(label_group: Path, image: Path) -> str:
-    """``image-label.source.image``: the image's path relative to the label group."""
-    return os.path.relpath(Path(image).resolve(), Path(label_group).resolve())
+def open_label_array(output: "Location | Path | str", population: str, mode: str = "r") -> zarr.Array:
+    """A population's label array in a run's output."""
+    loc = OutputLayout(output).label_array(population)
+    return zarr.open_array(store=loc.zarr_store(read_only=mode == "r"), mode=mode)
+
+
+def relative_source(label_group: Location, image: Location) -> str:
+    """``image-label.source.image``: the image relative to the label group (a URL when they live
+    in different places)."""
+    if label_group.is_local and image.is_local:
+        return os.path.relpath(Path(image.url).resolve(), Path(label_group.url).resolve())
+    if label_group.scheme == image.scheme and label_group.path.split("/", 1)[0] == image.path.split("/", 1)[0]:
+        return posixpath.relpath(image.path, label_group.path)
+    return image.url

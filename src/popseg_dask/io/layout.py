@@ -6,6 +6,7 @@ Layout of an output store (``<output>``)::
     <output>/labels/                  NGFF 'labels' group listing the populations
     <output>/labels/<population>/     NGFF image-label group; attrs["popseg"]: population record
     <output>/labels/<population>/0    the (t, y, x) label array
+    <output>/.popseg-lease/<n>.json   the lease of the run writing the output (see lease.py)
     <output>/.popseg/                 the run's state while it runs (ledger, scratch); removed at the end
     <output>/.popseg/scratch/<pop>    provisional ids, chunked by tile cores
     <output>/.popseg/scratch/<pop>.aux  per-pixel facts of the segmenter's tile statistics
@@ -15,73 +16,84 @@ Layout of an output store (``<output>``)::
 
 from __future__ import annotations
 
+import os
+import posixpath
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["OutputLayout", "RECORD_KEY", "default_output", "input_stem"]
+from ..location import Location
+
+__all__ = ["LEASE_DIR", "OutputLayout", "RECORD_KEY", "default_output", "input_stem"]
 
 _SUFFIXES = (".ome.zarr", ".zarr", ".ome.tiff", ".ome.tif", ".tiff", ".tif")
+LEASE_DIR = ".popseg-lease"
 RECORD_KEY = "popseg"  # attribute holding the run record (root) and population records (label groups)
 
 
 @dataclass(frozen=True)
 class OutputLayout:
-    """Paths of one output store (``root``); nothing is read or created here."""
+    """Locations of one output store (``root``: a path or URL); nothing is read or created here."""
 
-    root: Path
+    root: Location
 
-    def __post_init__(self):
-        object.__setattr__(self, "root", Path(self.root))
+    def __init__(self, root: "Location | str | os.PathLike"):
+        object.__setattr__(self, "root", Location.of(root))
 
     @property
-    def labels_group(self) -> Path:
+    def labels_group(self) -> Location:
         return self.root / "labels"
 
-    def label_group(self, population: str) -> Path:
+    def label_group(self, population: str) -> Location:
         """The population's NGFF image-label group."""
         return self.labels_group / population
 
-    def label_array(self, population: str) -> Path:
+    def label_array(self, population: str) -> Location:
         """The population's (t, y, x) label array (the group's only resolution level)."""
         return self.label_group(population) / "0"
 
     @property
-    def state(self) -> Path:
+    def lease(self) -> Location:
+        """Where runs take their turn at writing this output."""
+        return self.root / LEASE_DIR
+
+    @property
+    def state(self) -> Location:
         """The running run's own folder: ledger and scratch arrays."""
         return self.root / ".popseg"
 
     @property
-    def ledger(self) -> Path:
+    def ledger(self) -> Location:
         """Root of the per-frame ledger (:class:`popseg_dask.io.ledger.Ledger`)."""
         return self.state
 
-    def scratch(self, population: str) -> Path:
+    def scratch(self, population: str) -> Location:
         """Provisional ids of a population during a run."""
         return self.state / "scratch" / population
 
-    def aux(self, population: str) -> Path:
+    def aux(self, population: str) -> Location:
         """Per-pixel facts a population's tile statistics stored during a run."""
         return self.state / "scratch" / f"{population}.aux"
 
     @property
-    def measurements(self) -> Path:
+    def measurements(self) -> Location:
         return self.root / "measurements.parquet"
 
     @property
-    def report_dir(self) -> Path:
+    def report_dir(self) -> Location:
         return self.root / "report"
 
 
-def input_stem(path: Path | str) -> str:
+def input_stem(path: "Location | Path | str") -> str:
     """An input's name without its image suffix (``.ome.zarr``, ``.zarr``, ``.ome.tif``, ``.tif``...):
     what default output names are made of."""
-    name = Path(path).name
+    name = path.name if isinstance(path, Location) else posixpath.basename(os.fspath(path).rstrip("/"))
     for suf in _SUFFIXES:
         if name.lower().endswith(suf):
             return name[: -len(suf)]
     return name
 
 
-def default_output(input_path: Path | str) -> Path:
+def default_output(input_path: "Location | Path | str") -> Location:
     """A movie's default output: ``<stem>.popseg.zarr`` beside it."""
-    return Path(input_path).parent / f"{input_stem(input_path)}.popseg.zarr"
+    loc = Location.of(input_path)
+    return loc.parent / f"{input_stem(loc)}.popseg.zarr"

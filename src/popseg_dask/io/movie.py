@@ -27,6 +27,7 @@ import xarray as xr
 import zarr
 
 from ..errors import PopsegError
+from ..location import Location
 
 __all__ = ["open_movie", "open_run_input", "describe", "SUPPORTED_DTYPES"]
 
@@ -70,17 +71,9 @@ def open_movie(
     PopsegError
         If the path is missing, is not a movie, or its axes cannot be mapped to t, c, y, x.
     """
-    path = Path(path)
-    if not path.exists():
-        raise PopsegError(f"input not found: {path} (check the 'input' path in the config)")
-    if path.is_file() and path.name.lower().endswith(_TIFF_SUFFIXES):
-        arr, axes, names, scale, source = _open_tiff(path, dims, channels)
-    elif path.is_dir():
-        arr, axes, names, scale, source = _open_zarr(path, dims)
-    else:
-        raise PopsegError(
-            f"{path} is not a movie popseg can read (expected an OME-Zarr/Zarr folder or a .tif/.tiff file)"
-        )
+    loc = Location.of(path)
+    arr, axes, names, scale, source = _open_source(loc, dims, channels)
+    path = loc.url
     if np.dtype(arr.dtype) not in SUPPORTED_DTYPES:
         raise PopsegError(
             f"{path} has pixel type {arr.dtype}, which popseg cannot segment "
@@ -106,9 +99,30 @@ def open_movie(
         arr,
         dims=DIMS,
         coords={"c": list(names)},
-        name=path.name,
+        name=loc.name,
         attrs={"source": source, "pixel_size_um": pixel_size_um, "scale": scale},
     )
+
+
+def _open_source(loc: Location, dims: str | None, channels: list[str] | None):
+    """Array, axes, channel names, scale and source facts of a TIFF file or a Zarr store."""
+    is_tiff = loc.name.lower().endswith(_TIFF_SUFFIXES)
+    if not loc.is_local:
+        if is_tiff:
+            raise PopsegError(f"{loc.url}: TIFF inputs are read from local disk only; convert the movie to OME-Zarr "
+                              "(e.g. with bioformats2raw, or `popseg` on a local copy) or copy it locally")
+        if not any((loc / key).exists() for key in ("zarr.json", ".zgroup", ".zarray")):
+            raise PopsegError(f"input not found: {loc.url} holds no Zarr store (no zarr.json, .zgroup or .zarray); "
+                              "check the URL and your credentials")
+        return _open_zarr(loc, dims)
+    path = Path(loc.url)
+    if not path.exists():
+        raise PopsegError(f"input not found: {path} (check the 'input' path in the config)")
+    if path.is_file() and is_tiff:
+        return _open_tiff(path, dims, channels)
+    if path.is_dir():
+        return _open_zarr(loc, dims)
+    raise PopsegError(f"{path} is not a movie popseg can read (expected an OME-Zarr/Zarr folder or a .tif/.tiff file)")
 
 
 def open_run_input(record: dict) -> xr.DataArray:
@@ -118,7 +132,7 @@ def open_run_input(record: dict) -> xr.DataArray:
                       pixel_size_um=cfg.get("pixel_size_um"))
 
 
-def _to_tcyx(arr: da.Array, axes: str, path: Path) -> tuple[da.Array, str]:
+def _to_tcyx(arr: da.Array, axes: str, path: str) -> tuple[da.Array, str]:
     """Squeeze singleton extra axes, add missing t/c, transpose to t, c, y, x."""
     if len(axes) != arr.ndim:
         raise PopsegError(f"{path}: axes '{axes}' do not match the array's {arr.ndim} dimensions (shape {arr.shape}); "
@@ -152,9 +166,9 @@ def _to_tcyx(arr: da.Array, axes: str, path: Path) -> tuple[da.Array, str]:
 
 # --------------------------------------------------------------------------- Zarr
 
-def _zarr_open(path: Path) -> Any:
+def _zarr_open(path: Location) -> Any:
     try:
-        return zarr.open(str(path), mode="r")
+        return zarr.open(store=path.zarr_store(read_only=True), mode="r")
     except Exception as err:  # zarr raises several types for "not a zarr"
         raise PopsegError(
             f"{path} is not a readable Zarr store ({type(err).__name__}: {err}); "
@@ -174,7 +188,7 @@ def _ome_attrs(attrs: dict) -> tuple[dict | None, str | None]:
     return None, None
 
 
-def _open_zarr(path: Path, dims: str | None):
+def _open_zarr(path: Location, dims: str | None):
     node = _zarr_open(path)
     if isinstance(node, zarr.Array):
         axes = dims
@@ -185,8 +199,9 @@ def _open_zarr(path: Path, dims: str | None):
                 f"{path} is a {node.ndim}-D Zarr array without axis names; "
                 "give 'dims' in the config (e.g. dims: tyx or dims: cyx)"
             )
-        src = {"path": str(path.resolve()), "format": "zarr", "zarr_format": node.metadata.zarr_format}
-        return da.from_zarr(str(path)), axes, None, {}, src
+        src = {"path": path.url, "format": "zarr", "zarr_format": node.metadata.zarr_format,
+               **_stored_layout(path, node, axes)}
+        return _dask_array(path, node), axes, None, {}, src
     attrs = dict(node.attrs)
     ome, version = _ome_attrs(attrs)
     if ome is None and "bioformats2raw.layout" in str(attrs) and "0" in node:
@@ -216,7 +231,7 @@ def _open_zarr(path: Path, dims: str | None):
     if omero.get("channels"):
         channels = [str(ch.get("label", i)) for i, ch in enumerate(omero["channels"])]
     src = {
-        "path": str(path.resolve()),
+        "path": path.url,
         "format": "ome-zarr",
         "ngff_version": version,
         "level_path": level0["path"],
@@ -224,7 +239,21 @@ def _open_zarr(path: Path, dims: str | None):
     }
     level = _zarr_open(arr_path)
     src["zarr_format"] = level.metadata.zarr_format
-    return da.from_zarr(str(arr_path)), axes, channels, scale, src
+    src.update(_stored_layout(arr_path, level, axes))
+    return _dask_array(arr_path, level), axes, channels, scale, src
+
+
+def _stored_layout(path: Location, arr, axes: str) -> dict[str, Any]:
+    """Where the pixels are stored and how frames map to stored objects (for input identity)."""
+    t_axis = axes.index("t") if "t" in axes and len(axes) == arr.ndim else None
+    blocks = getattr(arr, "shards", None) or arr.chunks  # a sharded array stores one object per shard
+    return {"array": path.url, "t_axis": t_axis, "t_block": int(blocks[t_axis]) if t_axis is not None else 1}
+
+
+def _dask_array(path: Location, arr) -> da.Array:
+    # a local array by path (what workers open themselves); a remote one as the opened array, whose
+    # store (with its options) pickles to the workers
+    return da.from_zarr(path.url if path.is_local else arr)
 
 
 # --------------------------------------------------------------------------- TIFF
@@ -329,21 +358,22 @@ def _tiff_metadata(tif) -> tuple[list[str] | None, dict, float | None]:
 
 # --------------------------------------------------------------------------- inspect
 
-def describe(path: str | os.PathLike, **kwargs) -> dict:
+def describe(path: "str | os.PathLike | Location", **kwargs) -> dict:
     """Summarise a movie or a popseg output without reading pixels.
 
     Returns a dict with dims, shape, channels, chunks, dtype, pixel size and the
     label images found beside it (OME-Zarr ``labels`` group).
     """
-    path = Path(path)
-    out: dict[str, Any] = {"path": str(path)}
+    from .record import stored_record
+
+    path = Location.of(path)
+    out: dict[str, Any] = {"path": path.url}
     labels_dir = path / "labels"
-    if path.is_dir() and labels_dir.is_dir():
-        out["labels"] = _describe_labels(labels_dir)
-        try:
-            rec = dict(zarr.open_group(str(path), mode="r").attrs).get("popseg")
-        except Exception:
-            rec = None
+    # (an HTTP server cannot list a folder: a URL input is described without its labels)
+    names = [n for n in labels_dir.list() if not n.startswith(".") and n != "zarr.json"] if not path.read_only else []
+    if names:
+        out["labels"] = _describe_labels(labels_dir, names)
+        rec = stored_record(path)
         if rec:
             out["run"] = {k: rec.get(k) for k in ("complete", "input", "started", "finished")}
     try:
@@ -365,18 +395,17 @@ def describe(path: str | os.PathLike, **kwargs) -> dict:
     return out
 
 
-def _describe_labels(labels_dir: Path) -> dict:
+def _describe_labels(labels_dir: Location, names: list[str]) -> dict:
     found = {}
-    for child in sorted(labels_dir.iterdir()):
-        if not child.is_dir():
-            continue
+    for name in names:
+        child = labels_dir / name
         try:
-            arr = zarr.open(str(child / "0"), mode="r")
-            grp = zarr.open_group(str(child), mode="r")
+            arr = zarr.open_array(store=(child / "0").zarr_store(read_only=True), mode="r")
+            grp = zarr.open_group(store=child.zarr_store(read_only=True), mode="r")
         except Exception:
             continue
         rec = (dict(grp.attrs).get("popseg") or {})
-        found[child.name] = {
+        found[name] = {
             "shape": list(arr.shape),
             "dtype": str(arr.dtype),
             "chunks": list(arr.chunks),
@@ -384,4 +413,3 @@ def _describe_labels(labels_dir: Path) -> dict:
             "n_objects": rec.get("n_objects"),
         }
     return found
-

@@ -14,6 +14,7 @@ from typing import Any, TypedDict
 import zarr
 
 from ..errors import PopsegError
+from ..location import Location
 from .layout import RECORD_KEY
 
 __all__ = ["PopulationRecord", "RunRecord", "read_run_record", "stored_record"]
@@ -62,7 +63,7 @@ class RunRecord(TypedDict, total=False):
     up_to_date: bool  # only in what ``run`` returns: the output already held this run
 
 
-def read_run_record(output: Path | str, *, complete: bool = True) -> RunRecord:
+def read_run_record(output: "Location | Path | str", *, complete: bool = True) -> RunRecord:
     """The run record of a popseg output store.
 
     Parameters
@@ -85,9 +86,9 @@ def read_run_record(output: Path | str, *, complete: bool = True) -> RunRecord:
     return rec
 
 
-def stored_record(output: Path | str) -> RunRecord | None:
+def stored_record(output: "Location | Path | str") -> RunRecord | None:
     """The record in ``output``'s root attributes, or None (no store, no record)."""
     try:
-        return dict(zarr.open_group(str(output), mode="r").attrs).get(RECORD_KEY)
+        return dict(zarr.open_group(store=Location.of(output).zarr_store(read_only=True), mode="r").attrs).get(RECORD_KEY)
     except Exception:
         return None

@@ -1,0 +1,229 @@
+"""Inputs and outputs where screens live: a real S3 server and a real HTTP server on loopback.
+
+The S3 server is moto's ``ThreadedMotoServer`` (S3 over HTTP, conditional writes included); the
+HTTP server is Python's own ``http.server`` serving an OME-Zarr folder. Nothing is mocked.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import http.server
+import json
+import threading
+
+import numpy as np
+import pytest
+import yaml
+import zarr
+from conftest import free_port, read_labels
+
+from popseg_dask.cli import main
+from popseg_dask.config import parse_config
+from popseg_dask.io.identity import frame_tokens
+from popseg_dask.io.lease import Lease
+from popseg_dask.io.record import read_run_record
+from popseg_dask.location import Location
+from popseg_dask.pipeline import plan_run, run
+from popseg_dask.synthetic import DEMO_CONFIG
+
+KEY, SECRET = "popseg-test-key", "popseg-test-secret-value"
+
+
+@pytest.fixture(scope="module")
+def s3():
+    """A real S3 endpoint on loopback with a bucket; yields the ``storage:`` section to reach it."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=free_port(), verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    storage = {"endpoint_url": f"http://{host}:{port}", "key": KEY, "secret": SECRET}
+    fs = Location.of("s3://popseg", parse_config({"input": "x", "storage": storage,
+                                                  "populations": {"p": {"segmenter": "threshold"}}}
+                                                 ).storage.options("s3")).fs()
+    fs.mkdir("popseg")
+    yield storage, fs
+    server.stop()
+
+
+def s3_config(demo_dir, storage, fs, name, **over):
+    """The demo config with input and output on S3 (the movie uploaded once per test folder)."""
+    if not fs.exists(f"popseg/{demo_dir.name}/movie.ome.zarr/zarr.json"):
+        fs.put(str(demo_dir / "movie.ome.zarr"), f"popseg/{demo_dir.name}/movie.ome.zarr", recursive=True)
+    cfg = copy.deepcopy(DEMO_CONFIG)
+    for p in cfg["populations"].values():
+        p["tile"] = 96
+    cfg.update(input=f"s3://popseg/{demo_dir.name}/movie.ome.zarr", output=f"s3://popseg/{demo_dir.name}/{name}",
+               storage=storage, **over)
+    return cfg
+
+
+def s3_labels(fs, url, pop):
+    store = zarr.storage.FsspecStore(fs=_async(fs), path=url.removeprefix("s3://") + f"/labels/{pop}/0", read_only=True)
+    return zarr.open_array(store=store, mode="r")[...]
+
+
+def _async(fs):
+    import s3fs
+
+    return s3fs.S3FileSystem(asynchronous=True, **fs.storage_options)
+
+
+def local_run(demo_dir, client, name="local.zarr"):
+    cfg = copy.deepcopy(DEMO_CONFIG)
+    for p in cfg["populations"].values():
+        p["tile"] = 96
+    cfg["output"] = name
+    run(parse_config(cfg, demo_dir), client=client)
+    return {p: read_labels(demo_dir / name, p) for p in cfg["populations"]}
+
+
+def test_a_run_on_s3_equals_the_local_run_and_keeps_no_secret(demo_dir, client2, s3):
+    storage, fs = s3
+    local = local_run(demo_dir, client2)
+    cfg = s3_config(demo_dir, storage, fs, "out.popseg.zarr")
+    rec = run(parse_config(cfg, demo_dir), client=client2)
+    assert rec["complete"] and rec["output"] == cfg["output"]
+    for pop, labels in local.items():
+        assert np.array_equal(s3_labels(fs, cfg["output"], pop), labels), pop
+    prefix = f"popseg/{demo_dir.name}/out.popseg.zarr"
+    names = {p.rsplit("/", 1)[-1] for p in fs.ls(prefix)}
+    assert names == {"zarr.json", "labels"}  # no ledger, scratch or lease left
+    stored = b"".join(fs.cat(p) for p in fs.find(prefix) if p.endswith(".json"))
+    assert SECRET.encode() not in stored, "the secret was stored"
+    assert KEY.encode() not in stored, "the access key was stored"
+    assert b'"storage"' not in stored, "the storage section was stored"
+    assert SECRET not in json.dumps(rec)
+    # the record reads back from S3 through the same options
+    loc = parse_config(cfg, demo_dir).location(cfg["output"])
+    assert read_run_record(loc)["fingerprint"] == rec["fingerprint"]
+
+
+def test_secrets_are_never_printed_and_the_environment_is_enough(demo_dir, s3, capsys, monkeypatch):
+    storage, fs = s3
+    cfg = s3_config(demo_dir, storage, fs, "printed.zarr")
+    (demo_dir / "s3.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["run", str(demo_dir / "s3.yaml"), "--workers", "1"]) == 0
+    # credentials and endpoint the way AWS tools take them: the environment, no config at all
+    monkeypatch.setenv("AWS_ENDPOINT_URL", storage["endpoint_url"])
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", KEY)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    assert main(["inspect", cfg["output"], "--json"]) == 0
+    out = capsys.readouterr()
+    info = json.loads(out.out[out.out.index("{"):])
+    assert info["run"]["complete"] is True and set(info["labels"]) == {"targets", "effectors"}
+    assert SECRET not in out.out + out.err and KEY not in out.out + out.err
+
+
+@pytest.fixture
+def http_root(tmp_path):
+    """``http.server`` serving a folder on loopback (read-only: GET and HEAD only)."""
+    served = tmp_path / "served"
+    served.mkdir()
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    handler = functools.partial(Quiet, directory=str(served))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield served, f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def test_an_http_input_is_read_in_place(demo_dir, client2, http_root, capsys):
+    served, base = http_root
+    import shutil
+
+    shutil.copytree(demo_dir / "movie.ome.zarr", served / "movie.ome.zarr")
+    local = local_run(demo_dir, client2)
+    cfg = copy.deepcopy(DEMO_CONFIG)
+    for p in cfg["populations"].values():
+        p["tile"] = 96
+    cfg.update(input=f"{base}/movie.ome.zarr", output="from-http.zarr")
+    run(parse_config(cfg, demo_dir), client=client2)
+    for pop, labels in local.items():
+        assert np.array_equal(read_labels(demo_dir / "from-http.zarr", pop), labels)
+    # HTTP is read-only: an output beside the input cannot be written, said before anything runs
+    cfg.pop("output")
+    (demo_dir / "http.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["run", str(demo_dir / "http.yaml"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "read-only" in err and "set 'output'" in err and err.count("\n") == 1
+
+
+def test_a_tiff_url_is_refused_with_the_fix(demo_dir, capsys):
+    cfg = {**DEMO_CONFIG, "input": "s3://popseg/movie.ome.tif", "output": "x.zarr"}
+    (demo_dir / "tif.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["run", str(demo_dir / "tif.yaml"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "TIFF inputs are read from local disk only" in err and "convert" in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_the_lease_refuses_a_second_run_and_takes_over_a_stale_one(where, demo_dir, s3, capsys):
+    storage, fs = s3
+    cfg = s3_config(demo_dir, storage, fs, "leased.zarr") if where == "s3" else {**DEMO_CONFIG, "output": "leased.zarr"}
+    (demo_dir / "l.yaml").write_text(yaml.safe_dump(cfg))
+    out = parse_config(cfg, demo_dir).location(cfg["output"])
+    other = Lease(out / ".popseg-lease")
+    other.acquire()  # another run, alive: its heartbeat is fresh
+    try:
+        for extra in ([], ["--overwrite"]):
+            assert main(["run", str(demo_dir / "l.yaml"), "--quiet", "--workers", "1", *extra]) == 2
+            err = capsys.readouterr().err
+            assert "is being written by another run" in err and f"pid {other.info['pid']}" in err, err
+            assert err.count("\n") == 1
+        assert [n for n in out.list() if n != ".popseg-lease"] == []  # nothing was written or deleted
+    finally:
+        other._stop.set()
+    # the other run dies without giving the lease back, on another host: it goes stale by its heartbeat
+    gen = other.generation
+    info = {**other.info, "host": "elsewhere", "heartbeat": other.info["heartbeat"] - 3600}
+    (out / ".popseg-lease" / f"{gen:06d}.json").write_bytes(json.dumps(info).encode())
+    assert main(["run", str(demo_dir / "l.yaml"), "--workers", "1"]) == 0
+    text = capsys.readouterr().out
+    assert "taking over the output from a run that stopped (host elsewhere" in text
+    assert ".popseg-lease" not in out.list()
+    with pytest.raises(Exception, match="took over"):
+        other.check()  # the old holder, should it wake up, finds out and stops
+
+
+def test_frame_tokens_change_only_for_the_frames_whose_chunks_change(demo_dir, s3):
+    storage, fs = s3
+    for cfg in ({**DEMO_CONFIG}, s3_config(demo_dir, storage, fs, "tokens.zarr")):
+        plan = plan_run(parse_config(cfg, demo_dir))
+        source = plan.movie.attrs["source"]
+        before = frame_tokens(source, plan.n_frames, plan.input.storage_options)
+        assert before is not None and len(set(before)) == plan.n_frames  # one chunk row per frame here
+        arr = zarr.open_array(store=Location.of(source["array"], plan.input.storage_options).zarr_store(), mode="r+")
+        arr[2] = arr[2] + 1
+        after = frame_tokens(source, plan.n_frames, plan.input.storage_options)
+        assert [t for t in range(plan.n_frames) if before[t] != after[t]] == [2]
+
+
+def test_a_resume_never_mixes_two_inputs(demo_dir, capsys):
+    cfg = {**DEMO_CONFIG, "output": "mixed.zarr"}
+    (demo_dir / "m.yaml").write_text(yaml.safe_dump(cfg))
+    movie = demo_dir / "movie.ome.zarr" / "0"
+    arr = zarr.open_array(str(movie), mode="r+")
+    good = arr[3].copy()
+    # frame 3 unreadable: the run stops after recording the other frames, nothing complete
+    chunk = movie / "c" / "3" / "0" / "0" / "0"
+    saved = chunk.read_bytes()
+    chunk.write_bytes(b"damaged")
+    assert main(["run", str(demo_dir / "m.yaml"), "--quiet", "--workers", "1"]) == 2
+    capsys.readouterr()
+    assert not read_run_record(demo_dir / "mixed.zarr", complete=False)["complete"]
+    # the movie is replaced by another one: frame 1 now holds other cells
+    chunk.write_bytes(saved)
+    arr[1] = np.roll(arr[1], 17, axis=-1)
+    assert np.array_equal(arr[3], good)
+    assert main(["run", str(demo_dir / "m.yaml"), "--quiet", "--workers", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "changed since the interrupted run" in err and "(1, 3)" in err and "--overwrite" in err, err
+    assert main(["run", str(demo_dir / "m.yaml"), "--quiet", "--workers", "1", "--overwrite"]) == 0
+    assert read_run_record(demo_dir / "mixed.zarr")["complete"]
