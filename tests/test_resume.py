@@ -135,8 +135,9 @@ def test_numbering_refuses_a_record_whose_count_differs(tmp_path):
     import pytest
     import zarr
 
+    from popseg_dask._engine.worker import ArrayRef, number_task
     from popseg_dask.io.ledger import Ledger
-    from popseg_dask._engine.worker import number_task
+    from popseg_dask.location import Location
     from popseg_dask.stitch import FrameInfo, FrameResult
 
     prov = np.zeros((1, 4, 4), np.uint32)
@@ -144,10 +145,10 @@ def test_numbering_refuses_a_record_whose_count_differs(tmp_path):
     zarr.create_array(str(tmp_path / "scratch"), shape=prov.shape, chunks=prov.shape, dtype=np.uint32)[...] = prov
     zarr.create_array(str(tmp_path / "final"), shape=prov.shape, chunks=prov.shape, dtype=np.uint32)
     Ledger(str(tmp_path / "ledger")).save_frame("cells", 0, FrameResult(np.array([1, 11]), FrameInfo(count=2)))
-    args = (str(tmp_path / "scratch"), str(tmp_path / "final"), [0], [(0, 4, 0, 4)], str(tmp_path / "ledger"),
-            "cells", [5], "<u4")
+    args = (ArrayRef(Location.of(tmp_path / "scratch")), ArrayRef(Location.of(tmp_path / "final")), [[0]],
+            [(0, 4, 0, 4)], Location.of(tmp_path / "ledger"), "cells", {0: 5}, "<u4")
     with pytest.raises(RuntimeError, match="2 objects recorded, 3 counted"):
-        number_task(*args, [3])
-    assert number_task(*args, [2]) == 1
+        number_task(*args, {0: 3})
+    assert number_task(*args, {0: 2}) == 1
     out = zarr.open_array(str(tmp_path / "final"), mode="r")[0]
     assert out[0, 0] == 6 and out[2, 2] == 7 and (out > 0).sum() == 2

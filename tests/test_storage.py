@@ -227,3 +227,50 @@ def test_a_resume_never_mixes_two_inputs(demo_dir, capsys):
     assert "changed since the interrupted run" in err and "(1, 3)" in err and "--overwrite" in err, err
     assert main(["run", str(demo_dir / "m.yaml"), "--quiet", "--workers", "1", "--overwrite"]) == 0
     assert read_run_record(demo_dir / "mixed.zarr")["complete"]
+
+
+# --------------------------------------------------------------------------- sharded labels
+
+def test_every_shard_row_has_exactly_one_writer():
+    from popseg_dask._engine.plan import shard_units
+
+    n_t = 45
+    for missing in (list(range(n_t)), [3, 4, 30, 44], [8, 9, 10, 11, 12, 13, 14, 15]):
+        for per_task in (1, 8, 20, 64):
+            units = shard_units(missing, 8, per_task, n_t)
+            groups = [g for u in units for g in u]
+            rows = [g[0] // 8 for g in groups]
+            assert len(rows) == len(set(rows)), "a shard row in two units would have two writers"
+            assert all(g == list(range(g[0], min(n_t, g[0] + 8))) and g[0] % 8 == 0 for g in groups)  # whole rows
+            assert set(missing) <= {t for g in groups for t in g}
+
+
+def test_sharded_output_equals_unsharded_and_reads_back(tmp_path, client2):
+    from ome_zarr.io import parse_url
+    from ome_zarr.reader import Reader
+    from ome_zarr_models.v05 import ImageLabel
+
+    from popseg_dask.io.images import write_ome_zarr_image
+    from popseg_dask.synthetic import make_movie
+
+    m = make_movie(n_frames=19, size=160, n_targets=10, n_effectors=3, seed=5)
+    v4 = write_ome_zarr_image(tmp_path / "v4.ome.zarr", m.image, m.channels, pixel_size_um=0.65, version="0.4")
+    write_ome_zarr_image(tmp_path / "v5.ome.zarr", m.image, m.channels, pixel_size_um=0.65)
+    cfg = copy.deepcopy(DEMO_CONFIG)
+    cfg["input"] = "v5.ome.zarr"
+    cfg["output"] = "sharded.zarr"
+    rec = run(parse_config(cfg, tmp_path), client=client2)
+    plain = {**cfg, "input": str(v4)}
+    plain.pop("output")
+    run(parse_config(plain, tmp_path), client=client2, in_place=True)  # NGFF 0.4 in place: Zarr v2, no shards
+    for pop in cfg["populations"]:
+        sharded = zarr.open_array(str(tmp_path / "sharded.zarr" / "labels" / pop / "0"), mode="r")
+        unsharded = zarr.open_array(str(v4 / "labels" / pop / "0"), mode="r")
+        assert sharded.shards == (8, 160, 160) and sharded.chunks == (1, 160, 160) and unsharded.shards is None
+        assert np.array_equal(sharded[...], unsharded[...]) and rec["populations"][pop]["n_objects"] > 0
+        # one stored object per shard: 19 frames -> 3 shards
+        stored = [p for p in (tmp_path / "sharded.zarr" / "labels" / pop / "0" / "c").rglob("*") if p.is_file()]
+        assert len(stored) == 3
+        ImageLabel.from_zarr(zarr.open_group(str(tmp_path / "sharded.zarr" / "labels" / pop), mode="r"))
+        nodes = list(Reader(parse_url(str(tmp_path / "sharded.zarr" / "labels" / pop)))())
+        assert any(n.data and np.array_equal(np.asarray(n.data[0]), sharded[...]) for n in nodes)

@@ -20,7 +20,7 @@ from typing import Any
 import dask
 import numpy as np
 
-from ..io.labels import label_chunks
+from ..io.labels import LabelGrid
 from .plan import PopulationJob, RunPlan
 from ..location import Location
 from .worker import (ArrayRef, FrameRecord, FrameSource, frame_stats_task, merge_task, number_task, reduce_stats_task,
@@ -114,13 +114,11 @@ def segment_graph(job: PopulationJob, ts: list[int], arrays: PassArrays):
                                         dask_key_name=f"merge-{tag}")
 
 
-def number_graph(plan: RunPlan, job: PopulationJob, ts: list[int], final: ArrayRef, offsets: np.ndarray,
-                 counts: np.ndarray, dtype: np.dtype, run_id: str):
-    """The task that writes frames ``ts``' final ids, chunk by chunk, and marks them numbered."""
-    Y, X = plan.frame_shape
-    cy, cx = label_chunks((Y, X))[1:]
-    windows = [(y0, min(Y, y0 + cy), x0, min(X, x0 + cx)) for y0 in range(0, Y, cy) for x0 in range(0, X, cx)]
+def number_graph(plan: RunPlan, job: PopulationJob, groups: list[list[int]], final: ArrayRef, grid: LabelGrid,
+                 offsets: np.ndarray, counts: np.ndarray, dtype: np.dtype, run_id: str):
+    """The task that writes the final ids of groups of frames (whole shard rows) and marks them numbered."""
+    ts = [t for g in groups for t in g]
     return dask.delayed(number_task)(
-        ArrayRef(plan.layout.scratch(job.name), run_id), final, ts, windows, plan.layout.ledger, job.name,
-        [int(offsets[t]) for t in ts], np.dtype(dtype).str, [int(counts[t]) for t in ts],
-        dask_key_name=f"number-{job.name}-t{ts[0]}-{run_id}")
+        ArrayRef(plan.layout.scratch(job.name), run_id), final, groups, grid.windows(plan.frame_shape),
+        plan.layout.ledger, job.name, {t: int(offsets[t]) for t in ts}, np.dtype(dtype).str,
+        {t: int(counts[t]) for t in ts}, dask_key_name=f"number-{job.name}-t{ts[0]}-{run_id}")

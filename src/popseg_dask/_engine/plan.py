@@ -28,7 +28,7 @@ from ..stitch import provisional_dtype
 from ..tiling import TilePlan, tile_policy
 
 __all__ = ["ClusterFacts", "PopulationJob", "RunPlan", "ScratchSpec", "default_output", "frames_per_task",
-           "plan_run"]
+           "plan_run", "shard_units"]
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,20 @@ def frames_per_task(n_frames: int, frame_pixels: int, threads: int, pixel_budget
     """Frames batched into one task: up to 64 or ``pixel_budget`` pixels, and never fewer than
     four tasks per worker thread, so that short movies still use every worker."""
     return max(1, min(MAX_FRAMES_PER_TASK, pixel_budget // max(1, frame_pixels), n_frames // (4 * threads)))
+
+
+def shard_units(frames: list[int], frames_per_shard: int, frames_per_task: int, n_frames: int
+                ) -> list[list[list[int]]]:
+    """Number-pass work: each unit a list of groups, each group one whole shard row (all frames of
+    the shards it touches, clipped to the movie), every shard row in exactly one unit.
+
+    ``frames``: frames still to number; a shard row with any of them is written again whole
+    (numbering is deterministic, so rewriting a frame already numbered changes nothing).
+    """
+    rows = sorted({t // frames_per_shard for t in frames})
+    groups = [list(range(r * frames_per_shard, min(n_frames, (r + 1) * frames_per_shard))) for r in rows]
+    per = max(1, frames_per_task // frames_per_shard)
+    return [groups[i:i + per] for i in range(0, len(groups), per)]
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ import numpy as np
 
 from ..cluster import open_client
 from ..config import RunConfig
-from ..io.labels import LabelStore, create_scratch, relative_source
+from ..io.labels import LabelGrid, LabelStore, create_scratch, relative_source
 from ..errors import PopsegError
 from ..io.identity import changed_frames, frame_tokens
 from ..io.lease import Lease
@@ -36,7 +36,7 @@ from ..io.record import PopulationRecord, RunRecord
 from ..stitch import FrameInfo, frame_offsets, label_dtype_for
 from .graph import FrameSlicer, PassArrays, number_graph, segment_graph
 from .worker import ArrayRef
-from .plan import ClusterFacts, RunPlan, plan_run
+from .plan import ClusterFacts, RunPlan, plan_run, shard_units
 from .submit import Progress, run_progressively
 
 __all__ = ["run", "execute"]
@@ -273,16 +273,16 @@ def number_pass(client, state: RunState, progress: bool) -> dict[str, Population
                                                                        plan.input),
             scale=plan.movie.attrs["scale"], unit_to_um=plan.movie.attrs["source"].get("unit_to_um"),
             keep=not state.fresh), state.run_id)
-        numbered = ledger.numbered(job.name, n_t)
-        missing = [t for t in range(n_t) if not numbered[t]]
-        per = plan.number_frames_per_task
+        missing = np.flatnonzero(~ledger.numbered(job.name, n_t)).tolist()
+        grid = LabelGrid.for_shape(plan.frame_shape, state.store.zarr_format)
         offsets = frame_offsets(counts)
-        units += [(job, missing[i:i + per], final, offsets, counts, dtype) for i in range(0, len(missing), per)]
+        units += [(job, groups, final, grid, offsets, counts, dtype)
+                  for groups in shard_units(missing, grid.frames_per_write, plan.number_frames_per_task, n_t)]
         out[job.name] = population_record(job, infos, counts, dtype, state.computed.get(job.name, 0))
-    bar = Progress("numbering", sum(len(u[1]) for u in units), progress)
+    bar = Progress("numbering", sum(len(g) for u in units for g in u[1]), progress)
     try:
         run_progressively(client, units, lambda u: number_graph(plan, *u, state.run_id), plan.window,
-                          lambda u, r: bar.step(len(u[1])))
+                          lambda u, r: bar.step(r))
     finally:
         bar.close()
     return out

@@ -191,9 +191,10 @@ def whole_frames_task(sources: list[FrameSource], ts: list[int], stats0: Any, se
     return out
 
 
-def number_task(scratch: ArrayRef, final: ArrayRef, ts: list[int], windows, ledger: Location, population: str,
-                offsets: list[int], dtype: str, counts: list[int]) -> int:
-    """Write frames ``ts``' final ids (chunk by chunk) from their recorded anchors, marking each numbered.
+def number_task(scratch: ArrayRef, final: ArrayRef, groups: list[list[int]], windows, ledger: Location,
+                population: str, offsets: dict[int, int], dtype: str, counts: dict[int, int]) -> int:
+    """Write the final ids of each group of frames (one shard row: every shard of those frames,
+    each written whole, once) from their recorded anchors, then mark the group numbered.
 
     ``counts``: the objects per frame the offsets were computed from; a recorded frame with
     another count (a frame segmented twice at once, differently) would give ids that overlap
@@ -201,12 +202,15 @@ def number_task(scratch: ArrayRef, final: ArrayRef, ts: list[int], windows, ledg
     """
     led = Ledger(ledger)
     src, dst = open_array(scratch, "r"), open_array(final, "r+")
-    for t, offset, count in zip(ts, offsets, counts):
-        anchors = led.load_frame(population, t).anchors
-        if len(anchors) != count:
-            raise RuntimeError(f"frame {t} of {population}: {len(anchors)} objects recorded, {count} counted; "
-                               "run the same command again: it resumes and numbers from the records")
+    for ts in groups:
+        anchors = {t: led.load_frame(population, t).anchors for t in ts}
+        for t in ts:
+            if len(anchors[t]) != counts[t]:
+                raise RuntimeError(f"frame {t} of {population}: {len(anchors[t])} objects recorded, {counts[t]} "
+                                   "counted; run the same command again: it resumes and numbers from the records")
         for y0, y1, x0, x1 in windows:
-            dst[t, y0:y1, x0:x1] = number_from_provisional(src[t, y0:y1, x0:x1], anchors, offset, np.dtype(dtype))
-        led.mark_numbered(population, t)
-    return len(ts)
+            block = np.stack([number_from_provisional(src[t, y0:y1, x0:x1], anchors[t], offsets[t], np.dtype(dtype))
+                              for t in ts])
+            dst[ts[0]:ts[-1] + 1, y0:y1, x0:x1] = block
+        led.mark_numbered(population, ts)
+    return sum(len(ts) for ts in groups)

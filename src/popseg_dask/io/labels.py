@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import posixpath
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +21,47 @@ from ..location import Location
 from .layout import LEASE_DIR, RECORD_KEY, OutputLayout
 from .record import RunRecord, stored_record
 
-__all__ = ["LabelStore", "create_scratch", "label_chunks", "open_label_array", "relative_source"]
+__all__ = ["LabelGrid", "LabelStore", "create_scratch", "open_label_array", "relative_source"]
 
 
-def label_chunks(shape_yx: tuple[int, int], max_chunk: int = 2048) -> tuple[int, int, int]:
-    """Chunk shape of a (t, y, x) label array: one frame deep, at most ``max_chunk`` wide."""
-    return (1, min(shape_yx[0], max_chunk), min(shape_yx[1], max_chunk))
+FRAMES_PER_SHARD = 8
+CHUNK_PX = 512   # chunks napari reads while browsing
+SHARD_PX = 2048  # a shard holds up to this many pixels a side
+
+
+@dataclass(frozen=True)
+class LabelGrid:
+    """How a (t, y, x) label array is stored: chunks, and the shards that hold them (Zarr v3).
+
+    Chunks are one frame deep and at most 512 px a side; a shard holds 8 frames and up to
+    2048 px a side (one object per 8 frames of a 2048² movie). Zarr v2 (NGFF 0.4, in place) has
+    no shards: chunks one frame deep, at most 2048 px. Every write covers whole shards (whole
+    chunks without shards), and exactly one task writes each: zarr loses data when two writers
+    touch one shard.
+    """
+
+    chunks: tuple[int, int, int]
+    shards: tuple[int, int, int] | None
+
+    @classmethod
+    def for_shape(cls, shape_yx: tuple[int, int], zarr_format: int = 3) -> "LabelGrid":
+        Y, X = shape_yx
+        if zarr_format == 2:
+            return cls((1, min(Y, SHARD_PX), min(X, SHARD_PX)), None)
+        cy, cx = min(Y, CHUNK_PX), min(X, CHUNK_PX)
+        sy = cy * max(1, min(-(-Y // cy), SHARD_PX // cy))
+        sx = cx * max(1, min(-(-X // cx), SHARD_PX // cx))
+        return cls((1, cy, cx), (FRAMES_PER_SHARD, sy, sx))
+
+    @property
+    def frames_per_write(self) -> int:
+        """Frames one write covers (a shard's depth)."""
+        return self.shards[0] if self.shards else 1
+
+    def windows(self, shape_yx: tuple[int, int]) -> list[tuple[int, int, int, int]]:
+        """The spatial blocks of one write, (y0, y1, x0, x1), covering the frame."""
+        (Y, X), (_, by, bx) = shape_yx, (self.shards or self.chunks)
+        return [(y0, min(Y, y0 + by), x0, min(X, x0 + bx)) for y0 in range(0, Y, by) for x0 in range(0, X, bx)]
 
 
 def _units(unit_to_um: float | None) -> str | None:
@@ -126,10 +162,11 @@ class LabelStore:
                     return arr_path
             except Exception:
                 pass  # absent or unreadable: create it
+        grid = LabelGrid.for_shape(shape[1:], self.zarr_format)
         labels_grp = zarr.open_group(store=self.paths.labels_group.zarr_store(), mode="a", zarr_format=self.zarr_format)
         grp = zarr.open_group(store=grp_path.zarr_store(), mode="w", zarr_format=self.zarr_format)
         zarr.create_array(
-            store=arr_path.zarr_store(), shape=shape, chunks=label_chunks(shape[1:]), dtype=dtype,
+            store=arr_path.zarr_store(), shape=shape, chunks=grid.chunks, shards=grid.shards, dtype=dtype,
             fill_value=0, zarr_format=self.zarr_format, overwrite=True,
             dimension_names=["t", "y", "x"] if self.zarr_format == 3 else None,
         )

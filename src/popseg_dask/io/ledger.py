@@ -5,7 +5,7 @@ Layout under ``<output>/.popseg/`` (:attr:`OutputLayout.ledger <popseg_dask.io.l
     input.json                     per-frame tokens of the input the run started from
     frames/<population>/t000042.npz    anchors + stitching info of frame 42, written by the
                                        frame's merge task after its pixels are in the scratch array
-    numbered/<population>/t000042      empty marker, written after frame 42's final ids
+    numbered/<population>/t000040-000047  empty marker, written after frames 40-47's final ids
 
 A frame counts as segmented only once its ``.npz`` exists, and files appear whole (written to a
 temporary name, flushed, then renamed), so a run killed at any moment leaves either a finished
@@ -80,14 +80,18 @@ class Ledger:
         return _marked(self.root / "frames" / population, n_frames, ".npz")
 
     # ------------------------------------------------------------------ pass 2: numbered frames
-    def numbered_path(self, population: str, t: int) -> Location:
-        return self.root / "numbered" / population / f"t{t:06d}"
-
-    def mark_numbered(self, population: str, t: int) -> None:
-        self.numbered_path(population, t).write_bytes(b"")
+    def mark_numbered(self, population: str, ts: list[int]) -> None:
+        """Record frames ``ts`` (consecutive) as numbered: one object for the lot."""
+        name = f"t{ts[0]:06d}" if len(ts) == 1 else f"t{ts[0]:06d}-{ts[-1]:06d}"
+        (self.root / "numbered" / population / name).write_bytes(b"")
 
     def numbered(self, population: str, n_frames: int) -> np.ndarray:
-        return _marked(self.root / "numbered" / population, n_frames, "")
+        done = np.zeros(n_frames, bool)
+        for name in (self.root / "numbered" / population).list():
+            first, _, last = name[1:].partition("-")
+            if name.startswith("t") and first.isdigit() and (not last or last.isdigit()):
+                done[int(first):min(n_frames, int(last or first) + 1)] = True
+        return done
 
 
 def _marked(folder: Location, n_frames: int, suffix: str) -> np.ndarray:
