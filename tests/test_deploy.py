@@ -213,3 +213,35 @@ def test_deploy_dask_config_unsets_the_malloc_trim_threshold(monkeypatch):
             assert _worker_malloc_env(client) == {None}
     with LocalCluster(n_workers=1, processes=True, dashboard_address=None) as cluster, Client(cluster) as client:
         assert _worker_malloc_env(client) == {"65536"}  # dask's own default, which the file undoes
+
+
+def test_object_store_recipes_need_no_shared_volume():
+    """Kubernetes, Helm and compose variants for s3:// inputs and outputs: no volume on any worker,
+    credentials from a Secret (never written in the recipe), nothing public."""
+    docs = {d["kind"]: d for d in _yaml_docs(DEPLOY / "k8s" / "daskcluster-s3.yaml")}
+    assert set(docs) == {"DaskCluster", "DaskWorkerGroup"}
+    assert docs["DaskCluster"]["spec"]["scheduler"]["service"]["type"] == "ClusterIP"
+    assert docs["DaskWorkerGroup"]["spec"]["cluster"] == docs["DaskCluster"]["metadata"]["name"]
+    for doc in docs.values():
+        assert "volumes" not in doc["spec"]["worker"]["spec"]
+        for c in doc["spec"]["worker"]["spec"]["containers"]:
+            _check_command(c["command"])
+            assert "volumeMounts" not in c and c["envFrom"] == [{"secretRef": {"name": "popseg-s3"}}]
+    (secret,) = _yaml_docs(DEPLOY / "k8s" / "secret-s3.example.yaml")
+    assert secret["kind"] == "Secret" and set(secret["stringData"]) >= {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
+    assert set(secret["stringData"].values()) >= {"REPLACE-ME"}
+    (v,) = _yaml_docs(DEPLOY / "helm" / "values-s3.yaml")
+    assert v["scheduler"]["serviceType"] == "ClusterIP"
+    for group in [v["worker"], *v["additional_worker_groups"]]:
+        assert "mounts" not in group
+        keys = {e["name"]: e for e in group["env"]}
+        assert keys["AWS_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"]["name"] == "popseg-s3"
+    compose = _yaml_docs(DEPLOY / "docker" / "docker-compose.s3.yml")[0]["services"]
+    assert {"s3", "scheduler", "cpu-worker", "client"} <= set(compose)
+    for name, svc in compose.items():
+        for port in svc.get("ports", []):
+            assert str(port).startswith("127.0.0.1:"), f"{name} publishes {port} beyond loopback"
+        if name in ("scheduler", "cpu-worker"):
+            assert "volumes" not in svc  # the cluster shares nothing but the network
+            _check_command(svc["entrypoint"])
+    assert compose["cpu-worker"]["environment"]["AWS_ENDPOINT_URL"] == "http://s3:9000"

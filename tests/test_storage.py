@@ -115,6 +115,16 @@ def test_secrets_are_never_printed_and_the_environment_is_enough(demo_dir, s3, c
     info = json.loads(out.out[out.out.index("{"):])
     assert info["run"]["complete"] is True and set(info["labels"]) == {"targets", "effectors"}
     assert SECRET not in out.out + out.err and KEY not in out.out + out.err
+    # the downstream commands work on the URL too: tables and the QC report land in the bucket
+    assert main(["measure", cfg["output"], "--workers", "1", "--quiet"]) == 0
+    assert main(["report", cfg["output"]]) == 0
+    prefix = cfg["output"].removeprefix("s3://")
+    assert fs.exists(f"{prefix}/measurements.parquet/_popseg_complete")
+    assert {p.rsplit("/", 1)[-1] for p in fs.ls(f"{prefix}/report")} >= {"index.html", "overlay.png"}
+    from popseg_dask.measure import read_measurements
+
+    table = read_measurements(parse_config(cfg, demo_dir).location(cfg["output"]) / "measurements.parquet")
+    assert set(table["population"].astype(str)) == {"targets", "effectors"}
 
 
 @pytest.fixture

@@ -197,7 +197,7 @@ def write_demo(folder: Path | str, **kwargs) -> tuple[Path, Path, SyntheticMovie
                                   scale={"y": movie.pixel_size_um, "x": movie.pixel_size_um}, unit_to_um=1.0)
         import zarr
 
-        zarr.open_array(arr, mode="r+")[...] = lab
+        zarr.open_array(store=arr.zarr_store(), mode="r+")[...] = lab
     cfg = folder / "demo.yaml"
     cfg.write_text(yaml.safe_dump(DEMO_CONFIG, sort_keys=False))
     return path, cfg, movie
