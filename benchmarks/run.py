@@ -29,6 +29,10 @@ Benchmarks (defaults in brackets; --frames/--size/--repeats override them):
   cellpose-distributed  vs cellpose's distributed_eval, same model, tiles of --tiles[0]
                         [4 frames of 1024², tiles of 512]
   screen                10^5 frames of 32² in one run: throughput and client memory
+  storage               input and output on S3 (moto server on loopback) vs local disk, 2 workers
+                        [24 frames of 1024², 2 repeats]
+  objects               stored objects per frame and population: labels, ledger, scratch
+                        [1000 frames of 32²; --frames 100000 for a screen]
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ from pathlib import Path
 import bench_core
 import bench_models
 import bench_peers
+import bench_storage
 import bench_tiles
 from common import machine
 
@@ -56,6 +61,8 @@ SUITE = {
     "models": (bench_models.models, bench_models.show_models),
     "cellpose-distributed": (bench_models.cellpose_distributed, bench_models.show_cellpose_distributed),
     "screen": (bench_core.screen, bench_core.show_screen),
+    "storage": (bench_storage.storage, bench_storage.show_storage),
+    "objects": (bench_storage.objects, bench_storage.show_objects),
 }
 
 

@@ -284,3 +284,44 @@ def test_sharded_output_equals_unsharded_and_reads_back(tmp_path, client2):
         ImageLabel.from_zarr(zarr.open_group(str(tmp_path / "sharded.zarr" / "labels" / pop), mode="r"))
         nodes = list(Reader(parse_url(str(tmp_path / "sharded.zarr" / "labels" / pop)))())
         assert any(n.data and np.array_equal(np.asarray(n.data[0]), sharded[...]) for n in nodes)
+
+
+def test_a_run_on_s3_killed_mid_run_resumes_to_identical_labels(tmp_path, client2, s3, capsys):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from popseg_dask.io.images import write_ome_zarr_image
+    from popseg_dask.synthetic import make_movie
+
+    storage, fs = s3
+    m = make_movie(n_frames=30, size=192, n_targets=14, n_effectors=4, seed=9)
+    write_ome_zarr_image(tmp_path / "movie.ome.zarr", m.image, m.channels, pixel_size_um=m.pixel_size_um)
+    clean = local_run(tmp_path, client2, "clean.zarr")
+    cfg = s3_config(tmp_path, storage, fs, "killed.zarr")
+    (tmp_path / "killed.yaml").write_text(yaml.safe_dump(cfg))
+    frames = f"popseg/{tmp_path.name}/killed.zarr/.popseg/frames"
+
+    def segmented():
+        return sum(len(fs.ls(f"{frames}/{p}", refresh=True)) for p in clean if fs.exists(f"{frames}/{p}"))
+
+    proc = subprocess.Popen([sys.executable, "-m", "popseg_dask.cli", "run", str(tmp_path / "killed.yaml"),
+                             "--workers", "1", "--quiet"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    deadline = time.time() + 180
+    while segmented() < 8:
+        assert proc.poll() is None, "the run ended before it could be killed: " + proc.stderr.read().decode()
+        assert time.time() < deadline, "no frame finished within 3 minutes"
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)  # the client and its embedded workers, mid-run
+    proc.wait()
+    done = segmented()
+    assert 8 <= done < 60
+    assert main(["run", str(tmp_path / "killed.yaml"), "--workers", "2", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "taking over the output from a run that stopped" in out  # its lease: a dead pid of this host
+    assert f"resuming: {done} of 60 frame(s) already segmented" in out
+    for pop, labels in clean.items():
+        assert np.array_equal(s3_labels(fs, cfg["output"], pop), labels), pop
