@@ -117,6 +117,12 @@ class Lease:
             other = self._read(latest + 1)
             raise PopsegError(f"output {self.folder.parent} was just taken by another run ({_describe(other, now)}); "
                               "wait for it to finish") from None
+        except PermissionError:
+            raise PopsegError(f"cannot write output {self.folder.parent}: permission denied; "
+                              "choose a writable 'output'") from None
+        except OSError as err:
+            raise PopsegError(f"cannot write output {self.folder.parent}: {err.strerror or err}; "
+                              "choose a writable 'output'") from None
         self.generation = latest + 1
         self._thread = threading.Thread(target=self._heartbeat, name="popseg-lease", daemon=True)
         self._thread.start()
