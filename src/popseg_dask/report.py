@@ -45,8 +45,9 @@ def overlay(image: np.ndarray, labels: dict[str, np.ndarray], colours: dict[str,
     return rgb
 
 
-def write_report(output: "Location | Path | str", *, frames: int = 4, measurements: bool = True) -> Location:
-    """Write ``<output>/report/index.html`` (and its PNGs) for a finished run; returns the HTML path.
+def write_report(output: "Location | Path | str", *, frames: int = 4, measurements: bool = True) -> Path | str:
+    """Write ``<output>/report/index.html`` (and its PNGs) for a finished run; returns the HTML page
+    (a path for a local output, a URL for a remote one).
 
     Parameters
     ----------
@@ -74,7 +75,7 @@ def write_report(output: "Location | Path | str", *, frames: int = 4, measuremen
     _plot_timings(out / "timings.png", rec)
     html_path = out / "index.html"
     html_path.write_bytes(_page(rec, pops, colours, areas).encode())
-    return html_path
+    return Path(html_path.url) if html_path.is_local else html_path.url
 
 
 def _save(fig, path: Location) -> None:
