@@ -47,13 +47,20 @@ def _scheme(url: str) -> str:
     return url.split("://", 1)[0].lower()
 
 
-@functools.lru_cache(maxsize=32)
 def _filesystem(scheme: str, options: str) -> Any:
-    """One fsspec file system per scheme and options in each process (they hold connection pools)."""
+    """One fsspec file system per scheme, options and credential environment in each process (they
+    hold connection pools); a changed ``AWS_*``/``GOOGLE_*`` environment gets a new one."""
+    env = tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith(("AWS_", "GOOGLE_", "GCS"))))
+    return _cached_filesystem(scheme, options, env)
+
+
+@functools.lru_cache(maxsize=32)
+def _cached_filesystem(scheme: str, options: str, env: tuple) -> Any:
     import fsspec
 
     try:
-        return fsspec.filesystem(scheme, **json.loads(options or "{}"))
+        # fsspec's own instance cache ignores the environment: the cache above decides instead
+        return fsspec.filesystem(scheme, skip_instance_cache=True, **json.loads(options or "{}"))
     except ImportError:
         raise PopsegError(f"reading {scheme}:// needs the package {_PACKAGES.get(scheme, scheme)}; "
                           f"pip install {_PACKAGES.get(scheme, scheme)}") from None
@@ -234,7 +241,9 @@ class Location:
 
         if self.is_local:
             return LocalStore(self.url, read_only=read_only)
-        return FsspecStore.from_url(self.url, storage_options=self.storage_options or None,
+        # a fresh file system: fsspec's instance cache would hand back one made before the
+        # environment's credentials were set
+        return FsspecStore.from_url(self.url, storage_options={**self.storage_options, "skip_instance_cache": True},
                                     read_only=read_only or self.read_only)
 
     def _writable(self) -> None:

@@ -167,9 +167,13 @@ def prepare_output(plan: RunPlan, overwrite: bool) -> RunState | RunRecord:
     tokens = frame_tokens(plan.movie.attrs["source"], plan.n_frames, plan.input.storage_options)
     if status == "fresh":
         ledger.clear()  # leftovers of an earlier run in the same place
-        ledger.save_input(tokens)
     else:
-        _same_input(plan, ledger.load_input(), tokens)
+        # only what already has results must be unchanged: each population's recorded frames, in
+        # the channels it reads (a repaired chunk of a frame that failed is simply computed anew)
+        before = ledger.load_input()
+        for job in plan.jobs:
+            _same_input(plan, before, tokens, job=job, only=ledger.segmented(job.name, plan.n_frames))
+    ledger.save_input(tokens)
     previous = store.read_record() if status != "fresh" else None
     now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     record: RunRecord = {
@@ -184,9 +188,17 @@ def prepare_output(plan: RunPlan, overwrite: bool) -> RunState | RunRecord:
     return RunState(plan, store, ledger, record, fresh=status == "fresh", tokens=tokens)
 
 
-def _same_input(plan: RunPlan, recorded: list[str] | None, current: list[str] | None, *, during: bool = False) -> None:
-    """Refuse to combine frames computed from different inputs (see :mod:`popseg_dask.io.identity`)."""
-    changed = changed_frames(recorded, current)
+def _same_input(plan: RunPlan, recorded: list | None, current: list | None, *, during: bool = False,
+                job=None, only: np.ndarray | None = None) -> None:
+    """Refuse to combine frames computed from different inputs (see :mod:`popseg_dask.io.identity`);
+    ``job``/``only``: a population's channels and the frames that matter (those with results)."""
+    blocks = None
+    if job is not None:
+        c_block = max(1, int(plan.movie.attrs["source"].get("c_block") or 1))
+        blocks = sorted({c // c_block for c in job.channel_index})
+    changed = changed_frames(recorded, current, blocks)
+    if changed is not None and only is not None:
+        changed = [t for t in changed if only[t]]
     again = "run again with --overwrite to segment it afresh"
     if changed is None:
         raise PopsegError(f"cannot check that the input {plan.input.url} is the one the interrupted run in "

@@ -48,49 +48,62 @@ def _listing(array: Location) -> dict[str, tuple] | None:
             for k, v in found.items() if k.startswith(prefix)}
 
 
-def _block_of(key: str, t_axis: int) -> int | None:
-    """The t-block index of a chunk key (``c/3/0/0/0`` or ``3.0.0.0``, nested or not)."""
+def _blocks_of(key: str, t_axis: int | None, c_axis: int | None) -> tuple[int, int] | None:
+    """The (t-block, c-block) of a chunk key (``c/3/0/0/0`` or ``3.0.0.0``, nested or not)."""
     rest = key[2:] if key.startswith("c/") else key
     parts = rest.replace(".", "/").split("/")
-    if not all(p.isdigit() for p in parts) or t_axis >= len(parts):
+    if not all(p.isdigit() for p in parts) or max(t_axis or 0, c_axis or 0) >= len(parts):
         return None
-    return int(parts[t_axis])
+    return (0 if t_axis is None else int(parts[t_axis]), 0 if c_axis is None else int(parts[c_axis]))
 
 
 def frame_tokens(source: dict[str, Any], n_frames: int, storage_options: dict[str, Any] | None = None
-                 ) -> list[str] | None:
-    """One token per frame of a movie's input (``movie.attrs["source"]``), or None if unknowable.
+                 ) -> list[list[str]] | None:
+    """Tokens of a movie's input (``movie.attrs["source"]``): ``tokens[t][b]`` for frame ``t`` and
+    channel block ``b`` (channel ``c`` lies in block ``c // source["c_block"]``), or None if unknowable.
 
     ``storage_options``: how to reach a remote input (the run's ``storage:`` options).
     """
     if source.get("format") == "tiff":
         loc = Location.of(source["path"])
         token = hashlib.sha256(repr(loc.signature()).encode()).hexdigest()[:16]
-        return [token] * n_frames
+        return [[token]] * n_frames
     array = Location.of(source.get("array") or source["path"], storage_options)
     listing = _listing(array)
     if listing is None:
         return None
     meta = sorted((k, v) for k, v in listing.items() if k.rsplit("/", 1)[-1] in _METADATA)
-    t_axis, t_block = source.get("t_axis"), max(1, int(source.get("t_block") or 1))
-    per_block: dict[int, list] = defaultdict(list)
+    t_block = max(1, int(source.get("t_block") or 1))
+    per_block: dict[tuple[int, int], list] = defaultdict(list)
     for key, sig in listing.items():
         if key.rsplit("/", 1)[-1] in _METADATA:
             continue
-        block = 0 if t_axis is None else _block_of(key, t_axis)
-        if block is None:
+        blocks = _blocks_of(key, source.get("t_axis"), source.get("c_axis"))
+        if blocks is None:
             return None  # a key layout this cannot read: better no tokens than wrong ones
-        per_block[block].append((key, sig))
+        per_block[blocks].append((key, sig))
+    n_cb = max([cb for _, cb in per_block] + [0]) + 1
     tokens = []
     for t in range(n_frames):
-        h = hashlib.sha256(repr(meta).encode())
-        h.update(repr(sorted(per_block.get(t // t_block, []))).encode())
-        tokens.append(h.hexdigest()[:16])
+        row = []
+        for cb in range(n_cb):
+            h = hashlib.sha256(repr(meta).encode())
+            h.update(repr(sorted(per_block.get((t // t_block, cb), []))).encode())
+            row.append(h.hexdigest()[:16])
+        tokens.append(row)
     return tokens
 
 
-def changed_frames(recorded: list[str] | None, current: list[str] | None) -> list[int] | None:
-    """Frames whose tokens differ (None: unknown, nothing can be verified)."""
+def changed_frames(recorded: list | None, current: list | None, channel_blocks: list[int] | None = None
+                   ) -> list[int] | None:
+    """Frames whose tokens differ, in the given channel blocks (default: any); None: unknowable."""
     if recorded is None or current is None or len(recorded) != len(current):
         return None
-    return [t for t, (a, b) in enumerate(zip(recorded, current)) if a != b]
+    out = []
+    for t, (a, b) in enumerate(zip(recorded, current)):
+        if len(a) != len(b):
+            return None
+        picks = range(len(a)) if channel_blocks is None else [cb for cb in channel_blocks if cb < len(a)]
+        if any(a[cb] != b[cb] for cb in picks):
+            out.append(t)
+    return out

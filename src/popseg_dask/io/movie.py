@@ -245,9 +245,12 @@ def _open_zarr(path: Location, dims: str | None):
 
 def _stored_layout(path: Location, arr, axes: str) -> dict[str, Any]:
     """Where the pixels are stored and how frames map to stored objects (for input identity)."""
-    t_axis = axes.index("t") if "t" in axes and len(axes) == arr.ndim else None
+    ok = len(axes) == arr.ndim
+    t_axis = axes.index("t") if "t" in axes and ok else None
+    c_axis = axes.index("c") if "c" in axes and ok else None
     blocks = getattr(arr, "shards", None) or arr.chunks  # a sharded array stores one object per shard
-    return {"array": path.url, "t_axis": t_axis, "t_block": int(blocks[t_axis]) if t_axis is not None else 1}
+    return {"array": path.url, "t_axis": t_axis, "t_block": int(blocks[t_axis]) if t_axis is not None else 1,
+            "c_axis": c_axis, "c_block": int(blocks[c_axis]) if c_axis is not None else 1}
 
 
 def _dask_array(path: Location, arr) -> da.Array:
