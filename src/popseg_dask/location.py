@@ -162,16 +162,6 @@ class Location:
             return os.path.exists(self.url)
         return bool(self.fs().exists(self.path))
 
-    def is_dir(self) -> bool:
-        if self.is_local:
-            return os.path.isdir(self.url)
-        return bool(self.fs().isdir(self.path))
-
-    def is_file(self) -> bool:
-        if self.is_local:
-            return os.path.isfile(self.url)
-        return bool(self.fs().isfile(self.path))
-
     def read_bytes(self) -> bytes:
         if self.is_local:
             return Path(self.url).read_bytes()
