@@ -29,8 +29,10 @@ Benchmarks (defaults in brackets; --frames/--size/--repeats override them):
   cellpose-distributed  vs cellpose's distributed_eval, same model, tiles of --tiles[0]
                         [4 frames of 1024², tiles of 512]
   screen                10^5 frames of 32² in one run: throughput and client memory
-  storage               input and output on S3 (moto server on loopback) vs local disk, 2 workers
-                        [24 frames of 1024², 2 repeats]
+  storage               input and output on S3 (moto's server, own process, loopback) vs local disk,
+                        2 workers [24 frames of 1024², 2 repeats]
+  stores                zarr's FsspecStore (s3fs) vs ObjectStore (obstore) on that server, frames
+                        written and read one at a time [48 frames of 1024², 3 repeats]
   objects               stored objects per frame and population: labels, ledger, scratch
                         [1000 frames of 32²; --frames 100000 for a screen]
 """
@@ -63,6 +65,7 @@ SUITE = {
     "screen": (bench_core.screen, bench_core.show_screen),
     "storage": (bench_storage.storage, bench_storage.show_storage),
     "objects": (bench_storage.objects, bench_storage.show_objects),
+    "stores": (bench_storage.stores, bench_storage.show_stores),
 }
 
 

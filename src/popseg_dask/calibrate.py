@@ -102,9 +102,11 @@ def _measure(job, spec, movie, picks: list[int], sizes: list[int]) -> dict[str, 
     from .pipeline import segment_frame
 
     seg = job.segmenter.on_device("cpu")
-    pix = {t: np.asarray(movie.data[t, job.channel_index].compute()) for t in picks}
+    # a few frames, read in this process (not on a default client whose workers may lack its credentials)
+    pix = {t: np.asarray(movie.data[t, job.channel_index].compute(scheduler="threads")) for t in picks}
     refs = seg.reference_frames()
-    stats = seg.movie_stats({t: np.asarray(movie.data[t, job.channel_index].compute()) for t in refs}) if refs else None
+    stats = seg.movie_stats({t: np.asarray(movie.data[t, job.channel_index].compute(scheduler="threads"))
+                             for t in refs}) if refs else None
 
     def one(t, tile):
         return segment_frame(seg, pix[t], tile=tile, halo=spec.halo, stats=stats, tile_memory_mb=spec.tile_memory_mb)

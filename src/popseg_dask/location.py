@@ -153,6 +153,16 @@ class Location:
         """The options for fsspec (and zarr's ``storage_options``); contains secrets: never print them."""
         return json.loads(self.options or "{}")
 
+    @property
+    def io_options(self) -> dict[str, Any] | None:
+        """``storage_options`` for libraries that open the location themselves (pandas, dask):
+        ``None`` locally; remotely the options with fsspec's instance cache bypassed, whose key
+        ignores the credential environment (a process whose ``AWS_*`` variables changed would
+        otherwise reuse a file system made with the old ones). Contains secrets: never print it."""
+        if self.is_local:
+            return None
+        return {**self.storage_options, "skip_instance_cache": True}
+
     def fs(self):
         """The fsspec file system of a remote location."""
         return _filesystem(self.scheme, self.options)
@@ -233,8 +243,7 @@ class Location:
             return LocalStore(self.url, read_only=read_only)
         # a fresh file system: fsspec's instance cache would hand back one made before the
         # environment's credentials were set
-        return FsspecStore.from_url(self.url, storage_options={**self.storage_options, "skip_instance_cache": True},
-                                    read_only=read_only or self.read_only)
+        return FsspecStore.from_url(self.url, storage_options=self.io_options, read_only=read_only or self.read_only)
 
     def _writable(self) -> None:
         if self.read_only:

@@ -180,7 +180,7 @@ def measure_output(output: "Location | Path | str", *, client=None, radius_um: f
     tmp = dest.parent / (dest.name + ".partial") if dest.is_local else dest
     tmp.delete()
     write = ddf.to_parquet(tmp.url, partition_on=["population"], write_index=False, compute=False,
-                           storage_options=dest.storage_options or None)
+                           storage_options=dest.io_options)
     if client is not None:
         fut = client.compute(write)
         if progress:
@@ -205,4 +205,4 @@ def read_measurements(path: "Location | Path | str") -> pd.DataFrame:
     loc = Location.of(path)
     if not loc.is_local and not (loc / COMPLETE_MARKER).exists():
         raise PopsegError(f"{loc.url} is not a complete measurements dataset; run `popseg measure` again")
-    return pd.read_parquet(loc.url, storage_options=loc.storage_options or None)
+    return pd.read_parquet(loc.url, storage_options=loc.io_options)

@@ -131,7 +131,9 @@ def _plot_overlays(path: Location, output: Location, rec, colours: dict[str, str
     arrays = {p: open_label_array(output, p) for p in pops}
     fig, axes = plt.subplots(1, len(picks), figsize=(4.2 * len(picks), 4.6), dpi=110, squeeze=False)
     for ax, t in zip(axes[0], picks):
-        image = np.asarray(movie.data[t].compute())
+        # read here, not on a Dask client this process may hold: its workers may lack this
+        # process's credentials (an AWS_* environment set after they started)
+        image = np.asarray(movie.data[t].compute(scheduler="threads"))
         labs = {p: arrays[p][t] for p in pops}
         ax.imshow(overlay(image, labs, colours), interpolation="nearest")
         ax.set_title(f"frame {t}: " + ", ".join(f"{p} {len(np.unique(labs[p])) - 1}" for p in pops), fontsize=9)
@@ -159,7 +161,7 @@ def _areas(output: Location, pops: list[str], use_table: bool) -> dict[str, np.n
     if use_table and table.exists():
         import pandas as pd
 
-        df = pd.read_parquet(table.url, columns=["population", "area_px"], storage_options=table.storage_options or None)
+        df = pd.read_parquet(table.url, columns=["population", "area_px"], storage_options=table.io_options)
         return {p: df.loc[df["population"] == p, "area_px"].to_numpy() for p in pops}
 
     out = {}

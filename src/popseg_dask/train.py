@@ -172,7 +172,8 @@ def _write_pairs(tmp: Path, mov, lab: np.ndarray, picked: list[int], idx: list[i
     xs = np.linspace(0, mov.sizes["x"], tiles + 1).astype(int)
     items = []
     for t in picked:
-        frame = np.asarray(mov.data[t if lab.shape[0] > 1 else 0][idx].compute())
+        # read in this process, not on a default client whose workers may lack its credentials
+        frame = np.asarray(mov.data[t if lab.shape[0] > 1 else 0][idx].compute(scheduler="threads"))
         lohi = scaling_from_pixels(frame, [DEFAULT_SCALING] * len(idx))
         for i in range(tiles):
             for j in range(tiles):

@@ -37,7 +37,7 @@ def napari_layers(output: Path | str) -> list[tuple[Any, dict, str]]:
     for p in rec["populations"]:
         path = OutputLayout(output).label_array(p)
         if (path / "zarr.json").exists() or (path / ".zarray").exists():
-            layers.append((da.from_zarr(path.url, storage_options=path.storage_options or None),
+            layers.append((da.from_zarr(path.url, storage_options=path.io_options),
                            {"name": p, "scale": scale, "opacity": 0.5}, "labels"))
     return layers
 
