@@ -93,6 +93,36 @@ def test_untiled_frames_are_batched_but_every_thread_gets_work(demo_dir):
     assert frames_per_task(40, 32 * 32, 2, 1 << 22) == 5              # 8 tasks for 2 threads
 
 
+def test_untiled_populations_are_numbered_directly_where_uint32_provably_holds_every_id(demo_dir):
+    from popseg_dask._engine.plan import aligned, direct_fits
+
+    placed = {j.name: j for j in plan_run(tiled_config(demo_dir)).for_cluster(ClusterFacts(threads=2)).jobs}
+    assert placed["targets"].numbering == "staged"   # tiles: stitched through a scratch array
+    assert placed["effectors"].numbering == "direct"  # run whole by the tile policy
+    # the dtype is fixed before any count is known: one object per pixel must still fit uint32
+    assert direct_fits(1000, (2048, 2048)) and not direct_fits(1024, (2048, 2048))
+    assert direct_fits(100_000, (32, 32))
+    # a shard row (8 frames) is covered by whole segment tasks
+    assert [aligned(n, 8) for n in (1, 2, 3, 5, 7, 8, 9, 17, 64)] == [1, 2, 2, 4, 4, 8, 8, 16, 64]
+    assert [aligned(n, 1) for n in (1, 3, 64)] == [1, 3, 64]  # Zarr v2: no shards
+
+
+def test_direct_and_staged_numbering_write_the_same_labels(demo_dir, client2):
+    """The staged path still serves untiled frames of movies too long for uint32's bound."""
+    import dataclasses as dc
+
+    from popseg_dask.pipeline import execute
+
+    config = parse_config({**DEMO_CONFIG, "output": "direct.zarr"}, demo_dir)
+    rec = run(config, client=client2)
+    staged = parse_config({**DEMO_CONFIG, "output": "staged.zarr"}, demo_dir)
+    rec2 = execute(client2, dc.replace(plan_run(staged), direct=False))
+    for pop in DEMO_CONFIG["populations"]:
+        assert rec["populations"][pop]["numbering"] == "direct" and rec2["populations"][pop]["numbering"] == "staged"
+        assert np.array_equal(read_labels(demo_dir / "direct.zarr", pop), read_labels(demo_dir / "staged.zarr", pop))
+        assert rec["populations"][pop]["objects_per_frame"] == rec2["populations"][pop]["objects_per_frame"]
+
+
 def test_readme_protocol_table_is_generated_from_the_base_class():
     text = (Path(__file__).parents[1] / "README.md").read_text()
     block = text.split("<!-- protocol:start -->\n", 1)[1].split("<!-- protocol:end -->", 1)[0]

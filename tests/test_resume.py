@@ -152,3 +152,47 @@ def test_numbering_refuses_a_record_whose_count_differs(tmp_path):
     assert number_task(*args, {0: 2}) == 1
     out = zarr.open_array(str(tmp_path / "final"), mode="r")[0]
     assert out[0, 0] == 6 and out[2, 2] == 7 and (out > 0).sum() == 2
+
+
+def _numbered(out: Path) -> int:
+    """Frames marked numbered (directly numbered populations leave no per-frame record)."""
+    folder, n = out / ".popseg" / "numbered", 0
+    for p in POPS:
+        for marker in (folder / p).glob("t*") if (folder / p).is_dir() else []:
+            first, _, last = marker.name[1:].partition("-")
+            n += int(last or first) - int(first) + 1
+    return n
+
+
+def test_killed_client_resumes_an_untiled_run_numbered_directly(long_movie, tmp_path, capsys):
+    """Untiled populations are numbered in the segment pass, shard row by shard row, with no
+    scratch array: a client killed mid-run loses the rows not yet written, and the re-run
+    computes exactly those and gives the labels of an uninterrupted run (and of a tiled one)."""
+    root, cfg, clean = long_movie
+    untiled = {**cfg, "populations": {k: {**v, "tile": "none"} for k, v in cfg["populations"].items()}}
+    (root / "direct.yaml").write_text(yaml.safe_dump({**untiled, "output": "direct.zarr"}))
+    out = root / "direct.zarr"
+    proc = subprocess.Popen([sys.executable, "-m", "popseg_dask.cli", "run", str(root / "direct.yaml"),
+                             "--workers", "1", "--quiet"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    deadline = time.time() + 120
+    while _numbered(out) < 16:
+        assert proc.poll() is None, "the run ended before it could be killed: " + proc.stderr.read().decode()
+        assert time.time() < deadline, "no shard row written within 2 minutes"
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done_before = _numbered(out)
+    assert 16 <= done_before < 80 and done_before % 8 == 0  # whole shard rows of 8 frames
+    assert not (out / ".popseg" / "scratch").exists() and not (out / ".popseg" / "frames").exists()
+    rec = dict(zarr.open_group(str(out), mode="r").attrs)["popseg"]
+    assert rec["complete"] is False
+
+    assert main(["run", str(root / "direct.yaml"), "--workers", "2", "--quiet"]) == 0
+    assert f"resuming: {done_before} of 80 frame(s) already segmented" in capsys.readouterr().out
+    rec = dict(zarr.open_group(str(out), mode="r").attrs)["popseg"]
+    assert rec["complete"] and rec["frames_computed"] == 80 - done_before
+    assert {p["numbering"] for p in rec["populations"].values()} == {"direct"}
+    got = _labels(out)
+    for p in POPS:
+        assert np.array_equal(got[p], clean[p]), p

@@ -123,6 +123,12 @@ def test_secrets_are_never_printed_and_the_environment_is_enough(demo_dir, s3, c
 
     table = read_measurements(parse_config(cfg, demo_dir).location(cfg["output"]) / "measurements.parquet")
     assert set(table["population"].astype(str)) == {"targets", "effectors"}
+    # the report reads the table, labels and movie with the environment's credentials (this
+    # process reached the bucket before with the config's: nothing stale may be reused)
+    assert main(["report", cfg["output"]]) == 0
+    assert fs.exists(f"{prefix}/report/index.html") and fs.exists(f"{prefix}/report/areas.png")
+    out = capsys.readouterr()
+    assert SECRET not in out.out + out.err and KEY not in out.out + out.err
 
 
 @pytest.fixture
@@ -214,34 +220,44 @@ def test_frame_tokens_change_only_for_the_frames_whose_chunks_change(demo_dir, s
         assert before[2][0] == after[2][0] and before[2][1] != after[2][1]  # per channel block
 
 
-def test_a_resume_never_mixes_two_inputs(demo_dir, capsys):
-    cfg = {**DEMO_CONFIG, "output": "mixed.zarr"}
-    (demo_dir / "m.yaml").write_text(yaml.safe_dump(cfg))
-    movie = demo_dir / "movie.ome.zarr" / "0"
+@pytest.mark.parametrize("numbering", ["staged", "direct"])
+def test_a_resume_never_mixes_two_inputs(numbering, tmp_path, capsys):
+    """A frame with results replaced between an interrupted run and its resume is refused, with
+    tiles (frames recorded one by one) and untiled (whole shard rows of 8 frames numbered at once)."""
+    from popseg_dask.io.images import write_ome_zarr_image
+    from popseg_dask.io.ledger import Ledger
+    from popseg_dask.synthetic import make_movie
+
+    m = make_movie(n_frames=12, size=128, n_targets=10, n_effectors=3, seed=5)
+    write_ome_zarr_image(tmp_path / "movie.ome.zarr", m.image, m.channels, pixel_size_um=m.pixel_size_um)
+    cfg = copy.deepcopy({**DEMO_CONFIG, "output": "mixed.zarr"})
+    for p in cfg["populations"].values():
+        p["tile"] = 64 if numbering == "staged" else "none"
+    (tmp_path / "m.yaml").write_text(yaml.safe_dump(cfg))
+    movie = tmp_path / "movie.ome.zarr" / "0"
     arr = zarr.open_array(str(movie), mode="r+")
-    good = arr[3].copy()
-    # frame 3 unreadable: the run stops after recording the other frames, nothing complete
-    chunk = movie / "c" / "3" / "0" / "0" / "0"
+    good = arr[10].copy()
+    # frame 10 unreadable: the run stops after recording other frames, nothing complete
+    chunk = movie / "c" / "10" / "0" / "0" / "0"
     saved = chunk.read_bytes()
     chunk.write_bytes(b"damaged")
-    assert main(["run", str(demo_dir / "m.yaml"), "--quiet", "--workers", "1"]) == 2
+    assert main(["run", str(tmp_path / "m.yaml"), "--quiet", "--workers", "1"]) == 2
     capsys.readouterr()
-    assert not read_run_record(demo_dir / "mixed.zarr", complete=False)["complete"]
-    # frame 3 is repaired, and the movie replaced by another one: a recorded frame now holds other cells
-    from popseg_dask.io.ledger import Ledger
-
+    assert not read_run_record(tmp_path / "mixed.zarr", complete=False)["complete"]
+    # frame 10 is repaired, and the movie replaced by another one: a recorded frame now holds other cells
     chunk.write_bytes(saved)
-    assert np.array_equal(arr[3], good)
-    ledger = Ledger(demo_dir / "mixed.zarr" / ".popseg")
-    recorded = [t for t in range(4) if any(ledger.segmented(p, 4)[t] for p in DEMO_CONFIG["populations"])]
+    assert np.array_equal(arr[10], good)
+    ledger = Ledger(tmp_path / "mixed.zarr" / ".popseg")
+    done = ledger.segmented if numbering == "staged" else ledger.numbered
+    recorded = [t for t in range(12) if t != 10 and any(done(p, 12)[t] for p in DEMO_CONFIG["populations"])]
     replaced = recorded[0]
     arr[replaced] = np.roll(arr[replaced], 17, axis=-1)
-    assert main(["run", str(demo_dir / "m.yaml"), "--quiet", "--workers", "1"]) == 2
+    assert main(["run", str(tmp_path / "m.yaml"), "--quiet", "--workers", "1"]) == 2
     err = capsys.readouterr().err
     assert "changed since the interrupted run" in err and f"1 frame(s) differ ({replaced})" in err, err
     assert "--overwrite" in err
-    assert main(["run", str(demo_dir / "m.yaml"), "--quiet", "--workers", "1", "--overwrite"]) == 0
-    assert read_run_record(demo_dir / "mixed.zarr")["complete"]
+    assert main(["run", str(tmp_path / "m.yaml"), "--quiet", "--workers", "1", "--overwrite"]) == 0
+    assert read_run_record(tmp_path / "mixed.zarr")["complete"]
 
 
 # --------------------------------------------------------------------------- sharded labels
@@ -328,5 +344,58 @@ def test_a_run_on_s3_killed_mid_run_resumes_to_identical_labels(tmp_path, client
     out = capsys.readouterr().out
     assert "taking over the output from a run that stopped" in out  # its lease: a dead pid of this host
     assert f"resuming: {done} of 60 frame(s) already segmented" in out
+    for pop, labels in clean.items():
+        assert np.array_equal(s3_labels(fs, cfg["output"], pop), labels), pop
+
+
+def test_a_worker_killed_mid_run_on_s3_still_gives_identical_labels(tmp_path, s3):
+    """Input and output on S3, real ``dask worker`` processes on loopback: one is SIGKILLed mid-run
+    and the run finishes on the other, with the labels of a clean local run."""
+    import os
+    import signal
+    import time
+
+    from conftest import start_loopback_cluster, stop_processes
+    from distributed import Client
+
+    from popseg_dask.io.images import write_ome_zarr_image
+    from popseg_dask.synthetic import make_movie
+
+    storage, fs = s3
+    m = make_movie(n_frames=30, size=192, n_targets=14, n_effectors=4, seed=12)
+    write_ome_zarr_image(tmp_path / "movie.ome.zarr", m.image, m.channels, pixel_size_um=m.pixel_size_um)
+    addr, procs = start_loopback_cluster(tmp_path, [[], []])
+    frames = f"popseg/{tmp_path.name}/worker.zarr/.popseg/frames"
+    result: dict = {}
+    try:
+        with Client(addr) as client:
+            clean = local_run(tmp_path, client, "clean.zarr")
+            cfg = s3_config(tmp_path, storage, fs, "worker.zarr")
+
+            def segmented():
+                return sum(len(fs.ls(f"{frames}/{p}", refresh=True)) for p in clean if fs.exists(f"{frames}/{p}"))
+
+            def go():
+                try:
+                    result["record"] = run(parse_config(cfg, tmp_path), client=client)
+                except BaseException as err:  # reported below
+                    result["error"] = err
+
+            th = threading.Thread(target=go)
+            th.start()
+            deadline = time.time() + 180
+            while segmented() < 8:
+                assert th.is_alive(), f"the run ended before a worker could be killed: {result}"
+                assert time.time() < deadline, "no frame finished within 3 minutes"
+                time.sleep(0.2)
+            os.killpg(procs[1].pid, signal.SIGKILL)  # a worker (procs[0] is the scheduler)
+            killed_at = segmented()
+            th.join(timeout=300)
+            assert not th.is_alive() and "error" not in result, result.get("error")
+            assert len(client.scheduler_info()["workers"]) == 1  # it stayed dead
+    finally:
+        stop_processes([p for p in procs if p.poll() is None])
+    assert killed_at < 60
+    assert result["record"]["complete"] and result["record"]["frames_computed"] == 60
     for pop, labels in clean.items():
         assert np.array_equal(s3_labels(fs, cfg["output"], pop), labels), pop

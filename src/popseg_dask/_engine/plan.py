@@ -19,6 +19,7 @@ import xarray as xr
 
 from ..config import RunConfig
 from ..errors import PopsegError
+from ..io.labels import LabelGrid
 from ..io.layout import OutputLayout, default_output
 from ..io.ledger import fingerprint
 from ..io.movie import open_movie
@@ -27,8 +28,8 @@ from ..segmenters import Segmenter, build_segmenter
 from ..stitch import provisional_dtype
 from ..tiling import TilePlan, tile_policy
 
-__all__ = ["ClusterFacts", "PopulationJob", "RunPlan", "ScratchSpec", "default_output", "frames_per_task",
-           "plan_run", "shard_units"]
+__all__ = ["ClusterFacts", "DIRECT_DTYPE", "PopulationJob", "RunPlan", "ScratchSpec", "aligned", "default_output",
+           "direct_fits", "frames_per_task", "plan_run", "shard_units"]
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,7 @@ log = logging.getLogger(__name__)
 SEGMENT_PIXELS = 1 << 22
 NUMBER_PIXELS = 1 << 26
 MAX_FRAMES_PER_TASK = 64
+DIRECT_DTYPE = np.dtype(np.uint32)
 
 
 def frames_per_task(n_frames: int, frame_pixels: int, threads: int, pixel_budget: int) -> int:
@@ -98,6 +100,7 @@ class PopulationJob:
     scratch: ScratchSpec
     device: str = "cpu"
     frames_per_task: int = 1
+    numbering: str = "staged"  # or "direct": untiled frames, no scratch array (see .direct)
 
     @property
     def needs_movie_stats(self) -> bool:
@@ -117,6 +120,7 @@ class RunPlan:
     window: int = 8            # graphs in flight
     number_frames_per_task: int = 1
     facts: ClusterFacts | None = field(default=None)
+    direct: bool = True        # number untiled populations directly where it fits (False: A/B, tests)
 
     @property
     def layout(self) -> OutputLayout:
@@ -150,14 +154,18 @@ class RunPlan:
         ``device: gpu`` needs a GPU worker (its segment tasks ask for ``resources={"GPU": 1}``,
         which would otherwise wait forever); ``auto`` takes one when the segmenter can use it.
         """
-        jobs = [_placed(job, self.config.populations[job.name].device, facts, self.n_frames) for job in self.jobs]
+        depth = LabelGrid.for_shape(self.frame_shape, 2 if self.ngff_version == "0.4" else 3).frames_per_write
+        jobs = [_placed(job, self.config.populations[job.name].device, facts, self.n_frames, depth if self.direct else 0)
+                for job in self.jobs]
         Y, X = self.frame_shape
         return dataclasses.replace(
             self, jobs=jobs, facts=facts, window=max(8, 4 * facts.threads),
             number_frames_per_task=frames_per_task(self.n_frames, Y * X, facts.threads, NUMBER_PIXELS))
 
 
-def _placed(job: PopulationJob, device: str, facts: ClusterFacts, n_frames: int) -> PopulationJob:
+def _placed(job: PopulationJob, device: str, facts: ClusterFacts, n_frames: int, depth: int) -> PopulationJob:
+    """The job on its device, with its frames per task and numbering (``depth``: the output's
+    frames per shard; 0: no direct numbering)."""
     seg = job.segmenter
     if device == "gpu" and not facts.gpu_workers:
         raise PopsegError(
@@ -166,7 +174,24 @@ def _placed(job: PopulationJob, device: str, facts: ClusterFacts, n_frames: int)
     chosen = "gpu" if device == "gpu" or (device == "auto" and "gpu" in seg.devices and facts.gpu_workers) else "cpu"
     Y, X = job.tiles.frame_shape
     per_task = frames_per_task(n_frames, Y * X, facts.threads, SEGMENT_PIXELS) if job.tiles.untiled else 1
-    return dataclasses.replace(job, segmenter=seg.on_device(chosen), device=chosen, frames_per_task=per_task)
+    direct = depth > 0 and job.tiles.untiled and direct_fits(n_frames, (Y, X))
+    if direct:  # a shard row's frames come from whole segment tasks
+        per_task = aligned(per_task, depth)
+    return dataclasses.replace(job, segmenter=seg.on_device(chosen), device=chosen, frames_per_task=per_task,
+                               numbering="direct" if direct else "staged")
+
+
+def aligned(per_task: int, depth: int) -> int:
+    """``per_task`` made a divisor of the shard depth ``depth`` (below it) or a multiple (above)."""
+    if per_task >= depth:
+        return per_task // depth * depth
+    return max(d for d in range(1, per_task + 1) if depth % d == 0)
+
+
+def direct_fits(n_frames: int, frame_shape: tuple[int, int]) -> bool:
+    """Whether uint32 holds every id of any segmentation of the movie (at most one object per
+    pixel): direct numbering fixes the dtype before any count is known."""
+    return n_frames * frame_shape[0] * frame_shape[1] <= np.iinfo(DIRECT_DTYPE).max
 
 
 def plan_run(config: RunConfig, *, in_place: bool = False) -> RunPlan:

@@ -3,8 +3,9 @@
 1. **segment pass**: every frame of every population not yet in the ledger is segmented (tiles,
    merges: :mod:`popseg_dask.stitch`); its provisional ids go to a scratch array and its anchors
    to the ledger. At most ``plan.window`` small graphs are in flight (:mod:`.submit`).
+   Untiled populations are numbered in the same pass, without a scratch array (:mod:`.direct`).
 2. **number pass**: frame t's ids become ``1 + rank of the anchor + the prefix sum of the counts
-   of frames < t``, written to the population's NGFF label image.
+   of frames < t``, written to the population's NGFF label image (tiled populations).
 3. **finish**: population records, scratch and ledger removed, and the run record with
    ``complete: true`` written last.
 
@@ -34,9 +35,10 @@ from ..io.lease import Lease
 from ..io.ledger import Ledger
 from ..io.record import PopulationRecord, RunRecord
 from ..stitch import FrameInfo, frame_offsets, label_dtype_for
+from .direct import DirectChain
 from .graph import FrameSlicer, PassArrays, number_graph, segment_graph
 from .worker import ArrayRef
-from .plan import ClusterFacts, RunPlan, plan_run, shard_units
+from .plan import DIRECT_DTYPE, ClusterFacts, RunPlan, plan_run, shard_units
 from .submit import Progress, run_progressively
 
 __all__ = ["run", "execute"]
@@ -172,7 +174,7 @@ def prepare_output(plan: RunPlan, overwrite: bool) -> RunState | RunRecord:
         # the channels it reads (a repaired chunk of a frame that failed is simply computed anew)
         before = ledger.load_input()
         for job in plan.jobs:
-            _same_input(plan, before, tokens, job=job, only=ledger.segmented(job.name, plan.n_frames))
+            _same_input(plan, before, tokens, job=job, only=_done(ledger, job, plan.n_frames))
     ledger.save_input(tokens)
     previous = store.read_record() if status != "fresh" else None
     now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
@@ -226,8 +228,9 @@ def _pass_arrays(client, state: RunState, todo: dict[str, list[int]]) -> PassArr
     zf, rid = state.store.zarr_format, state.run_id
     for job in plan.jobs:
         spec = job.scratch
-        arrays.scratch[job.name] = ArrayRef(create_scratch(plan.layout.scratch(job.name), spec.shape, spec.chunks,
-                                                           spec.dtype, zf), rid)
+        if job.numbering == "staged":
+            arrays.scratch[job.name] = ArrayRef(create_scratch(plan.layout.scratch(job.name), spec.shape,
+                                                               spec.chunks, spec.dtype, zf), rid)
         arrays.aux[job.name] = ArrayRef(create_scratch(plan.layout.aux(job.name), spec.shape, spec.chunks, np.int32,
                                                        zf), rid) if spec.aux else None
         if job.needs_movie_stats and todo[job.name]:
@@ -238,13 +241,24 @@ def _pass_arrays(client, state: RunState, todo: dict[str, list[int]]) -> PassArr
     return arrays
 
 
+def _done(ledger: Ledger, job, n_t: int) -> np.ndarray:
+    """Frames of a population an earlier run of this output finished (segmented or, direct, numbered)."""
+    if job.numbering == "direct":
+        done = np.zeros(n_t, bool)
+        done[list(ledger.numbered_infos(job.name, n_t))] = True
+        return done
+    return ledger.segmented(job.name, n_t)
+
+
 def segment_pass(client, state: RunState, progress: bool, echo: Echo) -> None:
-    """Segment every frame of every population that the ledger does not hold yet."""
+    """Segment every frame of every population that the ledger does not hold yet (and number the
+    frames of directly numbered populations as it goes)."""
     plan = state.plan
     n_t = plan.n_frames
-    todo = {j.name: np.flatnonzero(~state.ledger.segmented(j.name, n_t)).tolist() for j in plan.jobs}
+    todo = {j.name: np.flatnonzero(~_done(state.ledger, j, n_t)).tolist() for j in plan.jobs}
+    staged = [j for j in plan.jobs if j.numbering == "staged"]
     units = [(job, todo[job.name][i:i + job.frames_per_task])
-             for job in plan.jobs for i in range(0, len(todo[job.name]), job.frames_per_task)]
+             for job in staged for i in range(0, len(todo[job.name]), job.frames_per_task)]
     n_total, n_todo = n_t * len(plan.jobs), sum(len(ts) for ts in todo.values())
     state.computed = {j.name: 0 for j in plan.jobs}
     if n_todo < n_total:
@@ -266,8 +280,41 @@ def segment_pass(client, state: RunState, progress: bool, echo: Echo) -> None:
 
     try:
         run_progressively(client, units, lambda u: segment_graph(u[0], u[1], arrays), plan.window, took)
+        for job in plan.jobs:
+            if job.numbering == "direct" and todo[job.name]:
+                direct_pass(client, state, job, arrays, bar)
     finally:
         bar.close()
+
+
+def _final_labels(state: RunState, job, dtype) -> ArrayRef:
+    """The population's NGFF label image, created (or reopened, resuming) for this run's writes."""
+    plan = state.plan
+    return ArrayRef(state.store.create_labels(
+        job.name, (plan.n_frames, *plan.frame_shape), dtype,
+        source_image="../../" if plan.in_place else relative_source(plan.layout.label_group(job.name), plan.input),
+        scale=plan.movie.attrs["scale"], unit_to_um=plan.movie.attrs["source"].get("unit_to_um"),
+        keep=not state.fresh), state.run_id)
+
+
+def direct_pass(client, state: RunState, job, arrays: PassArrays, bar: Progress) -> None:
+    """Segment and number a directly numbered population in one pass (see :mod:`.direct`)."""
+    plan, n_t = state.plan, state.plan.n_frames
+    grid = LabelGrid.for_shape(plan.frame_shape, state.store.zarr_format)
+    known = state.ledger.numbered_infos(job.name, n_t)
+    chain = DirectChain(job, arrays, _final_labels(state, job, DIRECT_DTYPE), grid.windows(plan.frame_shape),
+                        {t: i.count for t, i in known.items()})
+    units = shard_units([t for t in range(n_t) if t not in known], grid.frames_per_write, job.frames_per_task, n_t)
+    tasks_per_unit = -(-sum(len(g) for g in units[0]) // job.frames_per_task) if units else 1
+
+    def took(groups, results):
+        for t, info in results:
+            state.seen[job.name, t] = info
+        state.computed[job.name] += len(results)
+        bar.step(len(results))
+
+    run_progressively(client, units, chain.build, max(2, -(-plan.window // tasks_per_unit)), took,
+                      on_submit=lambda unit, side: chain.submitted(side[0]))
 
 
 def number_pass(client, state: RunState, progress: bool) -> dict[str, PopulationRecord]:
@@ -276,15 +323,17 @@ def number_pass(client, state: RunState, progress: bool) -> dict[str, Population
     n_t, units, out = plan.n_frames, [], {}
     for job in plan.jobs:
         # frames of earlier runs (resuming) come from the ledger; this run's were handed back
+        if job.numbering == "direct":
+            known = {**ledger.numbered_infos(job.name, n_t), **{t: i for (p, t), i in state.seen.items()
+                                                                if p == job.name}}
+            infos = [known[t] for t in range(n_t)]
+            out[job.name] = population_record(job, infos, np.asarray([i.count for i in infos], np.int64),
+                                              DIRECT_DTYPE, state.computed.get(job.name, 0))
+            continue
         infos = [state.seen.get((job.name, t)) or ledger.load_frame(job.name, t).info for t in range(n_t)]
         counts = np.asarray([i.count for i in infos], dtype=np.int64)
         dtype = label_dtype_for(int(counts.sum()))
-        final = ArrayRef(state.store.create_labels(
-            job.name, (n_t, *plan.frame_shape), dtype,
-            source_image="../../" if plan.in_place else relative_source(plan.layout.label_group(job.name),
-                                                                       plan.input),
-            scale=plan.movie.attrs["scale"], unit_to_um=plan.movie.attrs["source"].get("unit_to_um"),
-            keep=not state.fresh), state.run_id)
+        final = _final_labels(state, job, dtype)
         missing = np.flatnonzero(~ledger.numbered(job.name, n_t)).tolist()
         grid = LabelGrid.for_shape(plan.frame_shape, state.store.zarr_format)
         offsets = frame_offsets(counts)
@@ -308,6 +357,7 @@ def population_record(job, infos: list[FrameInfo], counts: np.ndarray, dtype: np
     return {
         "n_objects": int(counts.sum()), "objects_per_frame": counts.tolist(), "dtype": dtype.name,
         "tile": list(job.tiles.tile), "halo": job.tiles.halo, "tiles_per_frame": len(job.tiles),
+        "numbering": job.numbering,
         "whole_frame_reason": job.segmenter.whole_frame_reason,
         "merged_regions": int(sum(i.regions for i in infos)),
         "copied_clusters": int(sum(i.copied for i in infos)),

@@ -31,12 +31,17 @@ class Progress:
             self.out.write("\n")
 
 
-def run_progressively(client, units, build: Callable, window: int, on_result: Callable) -> None:
+def run_progressively(client, units, build: Callable, window: int, on_result: Callable,
+                      on_submit: Callable | None = None) -> None:
     """Compute ``build(unit)`` for every unit with at most ``window`` of them in flight.
 
     The client never holds more than ``window`` small graphs, so a screen of 10^5 frames needs no
     giant graph and no giant memory. Graphs are submitted unfused: fusion would drop the worker
     resources they carry. The first failure cancels what is in flight and is raised.
+
+    ``build`` may return a tuple ``(main, *side)``: all are submitted together, ``main`` decides
+    when the unit is done, and ``on_submit(unit, side_futures)`` receives the futures of the rest
+    (a chain that later units build on).
     """
     from distributed import as_completed
 
@@ -50,7 +55,11 @@ def run_progressively(client, units, build: Callable, window: int, on_result: Ca
         unit = next(it, None)
         if unit is None:
             return False
-        fut = client.compute(build(unit), optimize_graph=False)
+        graph = build(unit)
+        graphs = list(graph) if isinstance(graph, tuple) else [graph]
+        fut, *side = client.compute(graphs, optimize_graph=False)
+        if on_submit is not None:
+            on_submit(unit, side)
         pending[fut.key] = (unit, fut)
         ac.add(fut)
         return True

@@ -5,7 +5,9 @@ Layout under ``<output>/.popseg/`` (:attr:`OutputLayout.ledger <popseg_dask.io.l
     input.json                     per-frame tokens of the input the run started from
     frames/<population>/t000042.npz    anchors + stitching info of frame 42, written by the
                                        frame's merge task after its pixels are in the scratch array
-    numbered/<population>/t000040-000047  empty marker, written after frames 40-47's final ids
+    numbered/<population>/t000040-000047  marker, written after frames 40-47's final ids: empty,
+                                       or (frames numbered directly, without a scratch
+                                       array) their stitching facts as JSON
 
 A frame counts as segmented only once its ``.npz`` exists, and files appear whole (written to a
 temporary name, flushed, then renamed), so a run killed at any moment leaves either a finished
@@ -80,18 +82,42 @@ class Ledger:
         return _marked(self.root / "frames" / population, n_frames, ".npz")
 
     # ------------------------------------------------------------------ pass 2: numbered frames
-    def mark_numbered(self, population: str, ts: list[int]) -> None:
-        """Record frames ``ts`` (consecutive) as numbered: one object for the lot."""
+    def mark_numbered(self, population: str, ts: list[int], infos: list[FrameInfo] | None = None) -> None:
+        """Record frames ``ts`` (consecutive) as numbered: one object for the lot. ``infos``: their
+        stitching facts, for frames numbered directly (no per-frame record of theirs exists)."""
         name = f"t{ts[0]:06d}" if len(ts) == 1 else f"t{ts[0]:06d}-{ts[-1]:06d}"
-        (self.root / "numbered" / population / name).write_bytes(b"")
+        body = b"" if infos is None else json.dumps([dataclasses.asdict(i) for i in infos]).encode()
+        (self.root / "numbered" / population / name).write_bytes(body)
+
+    def numbered_infos(self, population: str, n_frames: int) -> dict[int, FrameInfo]:
+        """The facts :meth:`mark_numbered` stored with directly numbered frames, by frame."""
+        out: dict[int, FrameInfo] = {}
+        folder = self.root / "numbered" / population
+        for name in folder.list():
+            span = _span(name)
+            if span is None or span[0] >= n_frames:
+                continue
+            body = (folder / name).read_bytes()
+            if body:
+                out.update(zip(range(span[0], span[1] + 1), (FrameInfo(**d) for d in json.loads(body))))
+        return out
 
     def numbered(self, population: str, n_frames: int) -> np.ndarray:
+        """Boolean mask of the frames already numbered."""
         done = np.zeros(n_frames, bool)
         for name in (self.root / "numbered" / population).list():
-            first, _, last = name[1:].partition("-")
-            if name.startswith("t") and first.isdigit() and (not last or last.isdigit()):
-                done[int(first):min(n_frames, int(last or first) + 1)] = True
+            span = _span(name)
+            if span is not None:
+                done[span[0]:min(n_frames, span[1] + 1)] = True
         return done
+
+
+def _span(name: str) -> tuple[int, int] | None:
+    """First and last frame of a numbered marker's name (``t000040-000047`` or ``t000040``)."""
+    first, _, last = name[1:].partition("-")
+    if name.startswith("t") and first.isdigit() and (not last or last.isdigit()):
+        return int(first), int(last or first)
+    return None
 
 
 def _marked(folder: Location, n_frames: int, suffix: str) -> np.ndarray:
