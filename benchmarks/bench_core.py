@@ -113,7 +113,8 @@ def core(a) -> dict:
             startup[name] = time.perf_counter() - t0
             popseg_run(tmp / "run.yaml", clients[name])  # warm-up: workers import the stack once
         pair = "2 serial loops at once (each the whole movie)"
-        times: dict[str, list[float]] = {"serial loop": [], pair: [], **{k: [] for k in variants}}
+        staged = "popseg 1 worker, staged numbering"
+        times: dict[str, list[float]] = {"serial loop": [], pair: [], **{k: [] for k in variants}, staged: []}
         # the client and the embedded scheduler live in this process and share the workers' cores
         client_cpu: dict[str, list[float]] = {k: [] for k in variants}
         for _ in range(repeats):
@@ -125,6 +126,8 @@ def core(a) -> dict:
                 t, rec = popseg_run(tmp / "run.yaml", client)
                 client_cpu[name].append(_cpu_seconds() - c0)
                 times[name].append(t)
+            # A/B of direct numbering: the same worker, untiled frames through a scratch array
+            times[staged].append(popseg_run(tmp / "run.yaml", clients["popseg 1 worker"], direct=False)[0])
         _same_as_serial(tmp, cfg)
     med = medians(times)
     return {
@@ -135,6 +138,7 @@ def core(a) -> dict:
         "frames_per_s": {k: (4 if k == pair else 2) * frames / v for k, v in med.items()},
         "ratios": {
             "popseg 1 worker / serial loop (time)": med["popseg 1 worker"] / med["serial loop"],
+            "staged / direct numbering, 1 worker (time)": med[staged] / med["popseg 1 worker"],
             "speed-up 2 workers vs serial loop": med["serial loop"] / med["popseg 2 workers"],
             "parallel efficiency 1 -> 2 workers": med["popseg 1 worker"] / (2 * med["popseg 2 workers"]),
             "machine's ceiling: efficiency of 2 independent serial loops": med["serial loop"] / med[pair],

@@ -48,12 +48,20 @@ def clusters(*n_workers: int) -> Iterator[dict]:
         yield {n: stack.enter_context(cluster(n)) for n in n_workers}
 
 
-def popseg_run(cfg_path: Path, client) -> tuple[float, dict]:
-    """Seconds and run record of one ``popseg run`` of ``cfg_path`` on ``client`` (output overwritten)."""
+def popseg_run(cfg_path: Path, client, *, direct: bool = True) -> tuple[float, dict]:
+    """Seconds and run record of one ``popseg run`` of ``cfg_path`` on ``client`` (output
+    overwritten); ``direct=False``: untiled populations numbered staged, as before direct numbering."""
+    import dataclasses
+
     from popseg_dask import load_config, run
+    from popseg_dask.pipeline import execute, plan_run
 
     t0 = time.perf_counter()
-    rec = run(load_config(cfg_path), client=client, overwrite=True)
+    if direct:
+        rec = run(load_config(cfg_path), client=client, overwrite=True)
+    else:
+        plan = dataclasses.replace(plan_run(load_config(cfg_path)), direct=False)
+        rec = execute(client, plan, overwrite=True, t0=t0)
     return time.perf_counter() - t0, rec
 
 

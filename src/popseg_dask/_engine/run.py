@@ -252,13 +252,10 @@ def _done(ledger: Ledger, job, n_t: int) -> np.ndarray:
 
 def segment_pass(client, state: RunState, progress: bool, echo: Echo) -> None:
     """Segment every frame of every population that the ledger does not hold yet (and number the
-    frames of directly numbered populations as it goes)."""
+    frames of directly numbered populations as it goes), all populations in one stream of work."""
     plan = state.plan
     n_t = plan.n_frames
     todo = {j.name: np.flatnonzero(~_done(state.ledger, j, n_t)).tolist() for j in plan.jobs}
-    staged = [j for j in plan.jobs if j.numbering == "staged"]
-    units = [(job, todo[job.name][i:i + job.frames_per_task])
-             for job in staged for i in range(0, len(todo[job.name]), job.frames_per_task)]
     n_total, n_todo = n_t * len(plan.jobs), sum(len(ts) for ts in todo.values())
     state.computed = {j.name: 0 for j in plan.jobs}
     if n_todo < n_total:
@@ -269,20 +266,38 @@ def segment_pass(client, state: RunState, progress: bool, echo: Echo) -> None:
     echo(f"segmenting {n_todo} frame(s) of {len(plan.jobs)} population(s) "
          f"({', '.join(f'{j.name}: {len(j.tiles)} tile(s)/frame' for j in plan.jobs)}); "
          f"{plan.window} frames in flight ...")
+    chains, units = {}, []
+    for job in plan.jobs:
+        if job.numbering == "direct":
+            chains[job.name], direct = _direct_units(state, job, arrays)
+            units += [(job, groups) for groups in direct]
+        else:
+            units += [(job, todo[job.name][i:i + job.frames_per_task])
+                      for i in range(0, len(todo[job.name]), job.frames_per_task)]
     bar = Progress("segmenting", n_todo, progress)
 
+    def build(unit):
+        job, part = unit
+        return chains[job.name].build(part) if job.name in chains else segment_graph(job, part, arrays)
+
     def took(unit, results):
-        job, ts = unit
-        for t, result in zip(ts, results if isinstance(results, list) else [results]):
-            state.seen[job.name, t] = result.info
-        state.computed[job.name] += len(ts)
-        bar.step(len(ts))
+        job, part = unit
+        if job.name in chains:  # [(t, info)] of whole shard rows, written
+            facts = results
+        else:
+            facts = list(zip(part, (r.info for r in (results if isinstance(results, list) else [results]))))
+        for t, info in facts:
+            state.seen[job.name, t] = info
+        state.computed[job.name] += len(facts)
+        bar.step(len(facts))
+
+    def weight(unit):  # segment tasks in the unit
+        job, part = unit
+        return -(-sum(len(g) for g in part) // job.frames_per_task) if job.name in chains else 1
 
     try:
-        run_progressively(client, units, lambda u: segment_graph(u[0], u[1], arrays), plan.window, took)
-        for job in plan.jobs:
-            if job.numbering == "direct" and todo[job.name]:
-                direct_pass(client, state, job, arrays, bar)
+        run_progressively(client, units, build, plan.window, took, weight=weight,
+                          on_submit=lambda unit, side: side and chains[unit[0].name].submitted(side[0]))
     finally:
         bar.close()
 
@@ -297,24 +312,16 @@ def _final_labels(state: RunState, job, dtype) -> ArrayRef:
         keep=not state.fresh), state.run_id)
 
 
-def direct_pass(client, state: RunState, job, arrays: PassArrays, bar: Progress) -> None:
-    """Segment and number a directly numbered population in one pass (see :mod:`.direct`)."""
+def _direct_units(state: RunState, job, arrays: PassArrays) -> tuple[DirectChain, list[list[list[int]]]]:
+    """The offset chain of a directly numbered population and its units: whole shard rows not yet
+    numbered (see :mod:`.direct`)."""
     plan, n_t = state.plan, state.plan.n_frames
     grid = LabelGrid.for_shape(plan.frame_shape, state.store.zarr_format)
     known = state.ledger.numbered_infos(job.name, n_t)
     chain = DirectChain(job, arrays, _final_labels(state, job, DIRECT_DTYPE), grid.windows(plan.frame_shape),
                         {t: i.count for t, i in known.items()})
-    units = shard_units([t for t in range(n_t) if t not in known], grid.frames_per_write, job.frames_per_task, n_t)
-    tasks_per_unit = -(-sum(len(g) for g in units[0]) // job.frames_per_task) if units else 1
-
-    def took(groups, results):
-        for t, info in results:
-            state.seen[job.name, t] = info
-        state.computed[job.name] += len(results)
-        bar.step(len(results))
-
-    run_progressively(client, units, chain.build, max(2, -(-plan.window // tasks_per_unit)), took,
-                      on_submit=lambda unit, side: chain.submitted(side[0]))
+    return chain, shard_units([t for t in range(n_t) if t not in known], grid.frames_per_write,
+                              job.frames_per_task, n_t)
 
 
 def number_pass(client, state: RunState, progress: bool) -> dict[str, PopulationRecord]:

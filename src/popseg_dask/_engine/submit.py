@@ -32,7 +32,7 @@ class Progress:
 
 
 def run_progressively(client, units, build: Callable, window: int, on_result: Callable,
-                      on_submit: Callable | None = None) -> None:
+                      on_submit: Callable | None = None, weight: Callable | None = None) -> None:
     """Compute ``build(unit)`` for every unit with at most ``window`` of them in flight.
 
     The client never holds more than ``window`` small graphs, so a screen of 10^5 frames needs no
@@ -41,17 +41,21 @@ def run_progressively(client, units, build: Callable, window: int, on_result: Ca
 
     ``build`` may return a tuple ``(main, *side)``: all are submitted together, ``main`` decides
     when the unit is done, and ``on_submit(unit, side_futures)`` receives the futures of the rest
-    (a chain that later units build on).
+    (a chain that later units build on). ``weight(unit)``: what a unit counts against the window
+    (its segment tasks; default 1).
     """
     from distributed import as_completed
 
     it = iter(units)
     pending: dict[str, Any] = {}
+    weigh = weight or (lambda unit: 1)
+    in_flight = 0
     # this client's loop: as_completed otherwise takes the *default* client's, which in a process
     # that made other clients (tests, notebooks) may be another, closed one — and waits forever
     ac = as_completed(with_results=True, loop=client.loop)
 
     def submit() -> bool:
+        nonlocal in_flight
         unit = next(it, None)
         if unit is None:
             return False
@@ -61,18 +65,22 @@ def run_progressively(client, units, build: Callable, window: int, on_result: Ca
         if on_submit is not None:
             on_submit(unit, side)
         pending[fut.key] = (unit, fut)
+        in_flight += weigh(unit)
         ac.add(fut)
         return True
 
-    for _ in range(window):
-        if not submit():
-            break
+    def fill() -> None:
+        while in_flight < window and submit():
+            pass
+
+    fill()
     try:
         for fut, result in ac:
             unit, _ = pending.pop(fut.key)
+            in_flight -= weigh(unit)
             on_result(unit, result)
             fut.release()
-            submit()
+            fill()
     finally:
         if pending:
             client.cancel([f for _, f in pending.values()])
