@@ -19,24 +19,39 @@ import zarr
 from common import cluster, demo_movie, start_rss_sampler, worker_peak_rss_mb
 
 
+def _movie(tmp: Path, kind: str, frames: int, size: int) -> dict:
+    """Write the benchmark's movie into ``tmp``; return its config."""
+    if kind == "demo":
+        from popseg_dask.synthetic import DEMO_CONFIG
+
+        demo_movie(tmp, frames, size, seed=2)
+        return DEMO_CONFIG
+    from popseg_dask.dense import DENSE_CONFIG, dense_movie
+    from popseg_dask.io.images import write_ome_zarr_image
+
+    image = dense_movie(frames, size, seed=2, source="drawn" if kind == "dense-drawn" else "dsb2018")
+    write_ome_zarr_image(tmp / DENSE_CONFIG["input"], image, ("nuclei",), pixel_size_um=DENSE_CONFIG["pixel_size_um"])
+    return DENSE_CONFIG
+
+
 def tiles(a) -> dict:
     from popseg_dask import load_config, run
-    from popseg_dask.synthetic import DEMO_CONFIG
 
     frames, size, repeats = a.frames or 50, a.size or 2048, a.repeats or 1
+    kind = getattr(a, "movie", "demo")
     variants = ["none"] + [int(t) for t in a.tiles or (256, 512, 1024)]
     rows: dict[str, dict] = {str(v): {"wall_s": [], "peak_rss_mb": [], "stitch_share": [], "merged_regions": 0}
                              for v in variants}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        demo_movie(tmp, frames, size, seed=2)
+        base_cfg = _movie(tmp, kind, frames, size)
         ref = None
         for r in range(repeats):
             for v in variants:
-                cfg = dict(DEMO_CONFIG)
+                cfg = dict(base_cfg)
                 cfg["output"] = f"out-{v}.zarr"
                 cfg["populations"] = {k: {**p, "tile": "none" if v == "none" else [v, v]}
-                                      for k, p in DEMO_CONFIG["populations"].items()}
+                                      for k, p in base_cfg["populations"].items()}
                 (tmp / "run.yaml").write_text(yaml.safe_dump(cfg))
                 with cluster(2) as client:
                     client.run(start_rss_sampler)
@@ -53,6 +68,8 @@ def tiles(a) -> dict:
                 row["stitch_share"].append(merge_s / (tile_s + merge_s))
                 row["numbering_share_of_wall"] = rec["timings"]["number_s"] / wall
                 row["merged_regions"] = sum(p["merged_regions"] for p in pops)
+                row["whole_frame_fallbacks"] = sum(p["whole_frame_fallbacks"] for p in pops)
+                row["largest_merge_share"] = max(p.get("largest_merge_px", 0) for p in pops) / (size * size)
                 row["objects"] = {k: p["n_objects"] for k, p in rec["populations"].items()}
                 labels = {k: zarr.open_array(str(tmp / cfg["output"] / "labels" / k / "0"), mode="r")[...]
                           for k in cfg["populations"]}
@@ -67,17 +84,18 @@ def tiles(a) -> dict:
         row["wall_vs_untiled"] = row["median_wall_s"] / base
         row["median_peak_rss_mb"] = statistics.median(row["peak_rss_mb"])
         row["median_stitch_share"] = statistics.median(row["stitch_share"])
-    return {"movie": {"frames": frames, "size": size, "channels": 2, "populations": 2},
+    return {"movie": {"kind": kind, "frames": frames, "size": size, "populations": len(base_cfg["populations"])},
             "repeats": repeats, "variants": rows}
 
 
 def show_tiles(res: dict) -> None:
     mv = res["movie"]
-    print(f"tiles: {mv['frames']} frames of {mv['size']}x{mv['size']}, 2 populations, 2 workers; "
-          f"median of {res['repeats']}")
+    print(f"tiles: {mv.get('kind', 'demo')} movie, {mv['frames']} frames of {mv['size']}x{mv['size']}, "
+          f"{mv['populations']} population(s), 2 workers; median of {res['repeats']}")
     print(f"{'tile':>6s} {'wall s':>8s} {'vs untiled':>10s} {'stitch %':>9s} {'peak MB/worker':>15s} "
-          f"{'merged':>7s} {'== untiled':>10s}")
+          f"{'merged':>7s} {'fallbacks':>9s} {'largest merge':>13s} {'== untiled':>10s}")
     for v, row in res["variants"].items():
         print(f"{v:>6s} {row['median_wall_s']:8.1f} {row['wall_vs_untiled']:10.2f} "
               f"{100 * row['median_stitch_share']:9.2f} {row['median_peak_rss_mb']:15.0f} "
-              f"{row['merged_regions']:7d} {row.get('equal_to_untiled', '-')!s:>10s}")
+              f"{row['merged_regions']:7d} {row.get('whole_frame_fallbacks', 0):9d} "
+              f"{100 * row.get('largest_merge_share', 0):12.1f}% {row.get('equal_to_untiled', '-')!s:>10s}")

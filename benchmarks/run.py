@@ -17,8 +17,9 @@ Benchmarks (defaults in brackets; --frames/--size/--repeats override them):
                         [24 frames of 1024², 3 repeats]
   perframe              the per-frame changes kept from profiling, each A/B in one process:
                         fill and distance transform vs scipy's, scratch LZ4 vs zstd [6 frames of 2048²]
-  tiles                 tile sweep on 2 workers: time, stitching share, memory, equality to
-                        untiled [50 frames of 2048², --tiles 256 512 1024]
+  tiles                 tile sweep on 2 workers: time, stitching share, largest merge, memory,
+                        equality to untiled [50 frames of 2048², --tiles 256 512 1024;
+                        --movie dense: a real dense field, >= 2 000 touching nuclei per frame]
   memory                peak worker memory at 50, 100, 250 and --frames frames [500 of 512²]
   celldetective         vs Celldetective 1.6.5's own threshold loop, in its own venv
                         (--celldetective-python, or created in benchmarks/.venv-celldetective)
@@ -76,6 +77,8 @@ def main(argv=None) -> int:
     p.add_argument("--size", type=int)
     p.add_argument("--repeats", type=int)
     p.add_argument("--tiles", type=int, nargs="+", default=None)
+    p.add_argument("--movie", choices=["demo", "dense", "dense-drawn"], default="demo",
+                   help="tiles: the demo's sparse co-culture, or a dense field of nuclei (popseg_dask.dense)")
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results", help="folder for the JSON")
     p.add_argument("--celldetective-python", help="python of a venv with celldetective==1.6.5 "
                    "(default: benchmarks/.venv-celldetective, created on first use)")

@@ -291,9 +291,9 @@ def test_gpu_population_runs_only_on_the_gpu_worker(trained, tmp_path):
         for task in ts.data:
             kind, pop = str(task["key"]).split("-")[:2]
             where.setdefault(f"{kind}-{pop}", []).append(task["worker"])
-        gpu_tasks = where["tile-sd"] + where["merge-sd"] + where["whole-sd_auto"]
+        gpu_tasks = where["tile-sd"] + where["merge-sd"] + where["direct-sd_auto"]
         assert len(gpu_tasks) == N_FRAMES * (4 + 1) + N_FRAMES and set(gpu_tasks) == set(gpu)
-        other = set(where["whole-thr"])
+        other = set(where["direct-thr"])
         assert other - set(gpu), "the CPU population should also use the worker without a GPU"
     finally:
         stop_processes(procs)

@@ -81,6 +81,6 @@ def test_resources_reach_the_scheduler(demo_dir, tmp_path, monkeypatch):
         gpu_tasks = where["tile-targets"] + where["merge-targets"]
         assert len(gpu_tasks) == 4 * (4 + 1) and set(gpu_tasks) == set(gpu)
         # the CPU population's tasks were not restricted (they may run on either worker)
-        assert len(where["whole-effectors"]) == 4  # untiled frames: one task each (tile and merge in one)
+        assert len(where["direct-effectors"]) == 4  # untiled frames: one segment task each, numbered directly
     finally:
         stop_processes(procs)

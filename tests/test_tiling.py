@@ -168,6 +168,24 @@ def test_tiled_equals_untiled_property(seed, name, shape):
     _check(name, _frame(seed, shape, n=int(shape[0] * shape[1] / 2500)), tiles=(64, 128))
 
 
+@settings(max_examples=int(os.environ.get("POPSEG_TILING_EXAMPLES", "6")), deadline=None,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 2**31 - 1), name=st.sampled_from(["watershed", "watershed-big-footprint", "components-no-fill"]))
+def test_tiled_equals_untiled_on_dense_touching_clumps(seed, name):
+    """Dense fields (popseg_dask.dense, drawn: clumps of 3-9 touching disks, ~2 400 per 2048²
+    scaled to the frame) chain clusters across cuts far more than the sparse frames above."""
+    from popseg_dask.dense import dense_movie
+
+    frame = dense_movie(1, 256, seed=seed, source="drawn")[0]
+    cfg = {**CONFIGS[name], "thresholds": [60, float("inf")]}
+    seg = ThresholdSegmenter.from_config(cfg, ["0"])
+    ref = canonical_relabel(seg(frame))[0]
+    assert ref.max() > 3, "a dense frame must hold objects"
+    for tile in (64, 128):
+        got, info = segment_frame(seg, frame, tile=tile)
+        assert np.array_equal(got, ref), f"{name}: tile {tile} differs on a dense frame ({info})"
+
+
 def test_empty_frame_and_empty_tiles():
     frame = np.zeros((1, 200, 200), np.uint16)
     for name in ("watershed", "components-no-fill"):

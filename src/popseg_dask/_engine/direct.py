@@ -149,9 +149,10 @@ class DirectChain:
         parts, counts = [], []
         for i in range(0, len(ts), per):
             chunk = ts[i:i + per]
-            part = dask.delayed(segment_in_memory_task)(
-                [arrays.source(job, t) for t in chunk], chunk, arrays.stats0.get(job.name), seg_d, tile, job.tiles,
-                dask_key_name=f"direct-{job.name}-t{chunk[0]}-{arrays.run_id}")
+            with job.resource_annotation():  # segmenting needs the segmenter's device; counting and writing do not
+                part = dask.delayed(segment_in_memory_task)(
+                    [arrays.source(job, t) for t in chunk], chunk, arrays.stats0.get(job.name), seg_d, tile,
+                    job.tiles, dask_key_name=f"direct-{job.name}-t{chunk[0]}-{arrays.run_id}")
             parts.append(part)
             counts.append(dask.delayed(count_task)(part, dask_key_name=f"count-{job.name}-t{chunk[0]}-{arrays.run_id}"))
         write = dask.delayed(write_task)(parts, offset, self.final, groups, self.windows, arrays.ledger, job.name,

@@ -12,7 +12,6 @@ movies, and the run id keeps runs on one cluster apart.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 from dataclasses import dataclass, field
 from typing import Any
@@ -76,11 +75,6 @@ class PassArrays:
         return FrameSource(self.slicer.frame(t, job.channel_index), f"frame {t} of {self.label}")
 
 
-def _resources(job: PopulationJob):
-    seg = job.segmenter
-    return dask.annotate(resources=seg.resources) if seg.resources else contextlib.nullcontext()
-
-
 def segment_graph(job: PopulationJob, ts: list[int], arrays: PassArrays):
     """The graph that segments frames ``ts`` of a population and records each in the ledger."""
     name, seg, tiles = job.name, job.segmenter, job.tiles
@@ -91,7 +85,7 @@ def segment_graph(job: PopulationJob, ts: list[int], arrays: PassArrays):
     seg_d = dask.delayed(seg, name=f"segmenter-{name}-t{ts[0]}-{arrays.run_id}", traverse=False)
     if tiles.untiled:  # whole frames, one or several per task: statistics computed inside
         (tile,) = tiles
-        with _resources(job):
+        with job.resource_annotation():
             return dask.delayed(whole_frames_task)(
                 [arrays.source(job, t) for t in ts], ts, stats0, seg_d, tile, scratch, aux, tiles, record,
                 dask_key_name=f"whole-{name}-t{ts[0]}-{arrays.run_id}")
@@ -105,7 +99,7 @@ def segment_graph(job: PopulationJob, ts: list[int], arrays: PassArrays):
                                                dask_key_name=f"tilestats-{tag}-{tile.index[0]}.{tile.index[1]}")
                  for tile in tiles]
         stats = dask.delayed(reduce_stats_task)(parts, stats, seg_d, tiles, dask_key_name=f"reduce-{tag}")
-    with _resources(job):
+    with job.resource_annotation():
         results = [dask.delayed(tile_task)(src, stats, seg_d, tile, scratch, t, aux, tiles,
                                            dask_key_name=f"tile-{name}-t{t}-{tile.index[0]}.{tile.index[1]}-"
                                                          f"{arrays.run_id}")

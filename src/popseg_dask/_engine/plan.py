@@ -106,6 +106,15 @@ class PopulationJob:
     def needs_movie_stats(self) -> bool:
         return bool(self.segmenter.reference_frames())
 
+    def resource_annotation(self):
+        """A context in which the tasks built ask for the segmenter's worker resources (a GPU)."""
+        import contextlib
+
+        import dask
+
+        res = self.segmenter.resources
+        return dask.annotate(resources=res) if res else contextlib.nullcontext()
+
 
 @dataclass(frozen=True)
 class RunPlan:

@@ -369,6 +369,7 @@ def population_record(job, infos: list[FrameInfo], counts: np.ndarray, dtype: np
         "merged_regions": int(sum(i.regions for i in infos)),
         "copied_clusters": int(sum(i.copied for i in infos)),
         "whole_frame_fallbacks": 0 if job.tiles.untiled else int(sum(i.whole_frame for i in infos)),
+        "largest_merge_px": int(max((i.largest_merge_px for i in infos), default=0)),
         "tile_task_s": tile_s, "merge_task_s": merge_s,
         "stitch_share": merge_s / (tile_s + merge_s) if tile_s + merge_s > 0 else 0.0,
         "frames_computed": computed,

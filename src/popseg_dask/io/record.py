@@ -39,6 +39,7 @@ class PopulationRecord(TypedDict, total=False):
     merged_regions: int
     copied_clusters: int
     whole_frame_fallbacks: int
+    largest_merge_px: int  # pixels of the largest window a merge re-segmented (0: no merge)
     tile_task_s: float
     merge_task_s: float
     stitch_share: float

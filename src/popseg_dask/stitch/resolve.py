@@ -87,6 +87,7 @@ class FrameInfo:
     tile_s: float = 0.0
     merge_s: float = 0.0
     count: int = 0            # objects of the frame
+    largest_merge_px: int = 0  # pixels of the largest window a merge re-segmented
 
 
 @dataclass
@@ -292,6 +293,7 @@ def _resegment_group(segmenter: Any, read, context, stats: Any, canvas: Canvas, 
     if window == (0, Y, 0, X):
         info.whole_frame = True
     info.regions += 1
+    info.largest_merge_px = max(info.largest_merge_px, (window[1] - window[0]) * (window[3] - window[2]))
     # objects of the group's clusters: every pixel of them, wherever it lies in the window
     in_group = np.zeros(int(w.clusters.max()) + 1, bool)
     in_group[ids] = True
