@@ -67,7 +67,7 @@ def s3_labels(fs, url, pop):
 def _async(fs):
     import s3fs
 
-    return s3fs.S3FileSystem(asynchronous=True, **fs.storage_options)
+    return s3fs.S3FileSystem(**{**fs.storage_options, "asynchronous": True})
 
 
 def local_run(demo_dir, client, name="local.zarr"):

@@ -47,20 +47,26 @@ def _scheme(url: str) -> str:
     return url.split("://", 1)[0].lower()
 
 
-def _filesystem(scheme: str, options: str) -> Any:
+def _filesystem(scheme: str, options: str, asynchronous: bool = False) -> Any:
     """One fsspec file system per scheme, options and credential environment in each process (they
-    hold connection pools); a changed ``AWS_*``/``GOOGLE_*`` environment gets a new one."""
+    hold connection pools, and making one loads the client's service description: about 0.1 s
+    on S3); a changed ``AWS_*``/``GOOGLE_*`` environment gets a new one. ``asynchronous``: the
+    kind zarr's ``FsspecStore`` drives from its own event loop."""
     env = tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith(("AWS_", "GOOGLE_", "GCS"))))
-    return _cached_filesystem(scheme, options, env)
+    return _cached_filesystem(scheme, options, env, asynchronous)
 
 
 @functools.lru_cache(maxsize=32)
-def _cached_filesystem(scheme: str, options: str, env: tuple) -> Any:
+def _cached_filesystem(scheme: str, options: str, env: tuple, asynchronous: bool) -> Any:
     import fsspec
 
     try:
-        # fsspec's own instance cache ignores the environment: the cache above decides instead
-        return fsspec.filesystem(scheme, skip_instance_cache=True, **json.loads(options or "{}"))
+        # fsspec's own instance cache ignores the environment: the cache above decides instead.
+        # No listings cache: a long-lived file system would answer from listings made before other
+        # processes (workers, another run's lease) wrote, and ledger, lease and input identity
+        # must see the store as it is now.
+        opts = {"use_listings_cache": False, **json.loads(options or "{}")}
+        return fsspec.filesystem(scheme, skip_instance_cache=True, asynchronous=asynchronous, **opts)
     except ImportError:
         raise PopsegError(f"reading {scheme}:// needs the package {_PACKAGES.get(scheme, scheme)}; "
                           f"pip install {_PACKAGES.get(scheme, scheme)}") from None
@@ -243,7 +249,12 @@ class Location:
             return LocalStore(self.url, read_only=read_only)
         # a fresh file system: fsspec's instance cache would hand back one made before the
         # environment's credentials were set
-        return FsspecStore.from_url(self.url, storage_options=self.io_options, read_only=read_only or self.read_only)
+        fs = _filesystem(self.scheme, self.options, asynchronous=True)
+        if not fs.async_impl:  # memory://: zarr drives file systems through asyncio
+            from fsspec.implementations.asyn_wrapper import AsyncFileSystemWrapper
+
+            fs = AsyncFileSystemWrapper(fs, asynchronous=True)
+        return FsspecStore(fs, path=self.path, read_only=read_only or self.read_only)
 
     def _writable(self) -> None:
         if self.read_only:

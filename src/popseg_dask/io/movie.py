@@ -168,7 +168,10 @@ def _to_tcyx(arr: da.Array, axes: str, path: str) -> tuple[da.Array, str]:
 
 def _zarr_open(path: Location) -> Any:
     try:
-        return zarr.open(store=path.zarr_store(read_only=True), mode="r")
+        # On an object store every metadata probe is a round trip (zarr tries the v3 and the v2
+        # names, then lists each missing one): with zarr.json there, ask for v3 only
+        fmt = 3 if not path.is_local and (path / "zarr.json").exists() else None
+        return zarr.open(store=path.zarr_store(read_only=True), mode="r", zarr_format=fmt)
     except Exception as err:  # zarr raises several types for "not a zarr"
         raise PopsegError(
             f"{path} is not a readable Zarr store ({type(err).__name__}: {err}); "
