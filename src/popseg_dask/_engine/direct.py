@@ -31,8 +31,7 @@ import numpy as np
 
 from ..io.ledger import Ledger
 from ..location import Location
-from ..segmenters import Segmenter
-from ..segmenters import WindowContext
+from ..segmenters import Segmenter, WindowContext
 from ..stitch import FrameInfo, canonical_relabel
 from ..tiling import Tile, TilePlan
 from .plan import DIRECT_DTYPE
@@ -125,14 +124,17 @@ class DirectChain:
     where they lie.
     """
 
-    def __init__(self, job, arrays, final: ArrayRef, windows, known: dict[int, int]):
+    def __init__(self, job, arrays, final: ArrayRef, windows, known: dict[int, int], n_frames: int):
         self.job, self.arrays, self.final, self.windows = job, arrays, final, windows
-        self.known = known
+        counts = np.zeros(n_frames, np.int64)
+        counts[list(known)] = list(known.values())
+        # prefix sums: a unit's skipped counts in O(1), not a pass over every known frame per unit
+        self.known_before = np.concatenate([[0], np.cumsum(counts)])
         self.offset: Any = 0
         self.next_frame = 0
 
     def _known_between(self, start: int, stop: int) -> int:
-        return sum(c for t, c in self.known.items() if start <= t < stop)
+        return int(self.known_before[stop] - self.known_before[start])
 
     def build(self, groups: list[list[int]]):
         """The graph of one unit (whole shard rows): its write, and the offset after it."""

@@ -9,11 +9,13 @@ population runs on, frames per task, frames in flight — as a pure function of
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+import dask
 import numpy as np
 import xarray as xr
 
@@ -108,10 +110,6 @@ class PopulationJob:
 
     def resource_annotation(self):
         """A context in which the tasks built ask for the segmenter's worker resources (a GPU)."""
-        import contextlib
-
-        import dask
-
         res = self.segmenter.resources
         return dask.annotate(resources=res) if res else contextlib.nullcontext()
 

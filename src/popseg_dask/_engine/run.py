@@ -106,6 +106,8 @@ class RunState:
     computed: dict[str, int] = field(default_factory=dict)
     lease: Lease | None = None
     tokens: list[str] | None = None
+    # directly numbered frames of an earlier run of this output (resuming), by population: read once
+    known: dict[str, dict[int, FrameInfo]] = field(default_factory=dict)
 
 
 def execute(client, plan: RunPlan, *, overwrite: bool = False, progress: bool = False, echo: Echo = lambda m: None,
@@ -167,14 +169,16 @@ def prepare_output(plan: RunPlan, overwrite: bool) -> RunState | RunRecord:
         return store.read_record()
     ledger = Ledger(plan.layout.ledger)
     tokens = frame_tokens(plan.movie.attrs["source"], plan.n_frames, plan.input.storage_options)
+    known: dict[str, dict[int, FrameInfo]] = {}
     if status == "fresh":
         ledger.clear()  # leftovers of an earlier run in the same place
     else:
+        known = {j.name: ledger.numbered_infos(j.name, plan.n_frames) for j in plan.jobs if j.numbering == "direct"}
         # only what already has results must be unchanged: each population's recorded frames, in
         # the channels it reads (a repaired chunk of a frame that failed is simply computed anew)
         before = ledger.load_input()
         for job in plan.jobs:
-            _same_input(plan, before, tokens, job=job, only=_done(ledger, job, plan.n_frames))
+            _same_input(plan, before, tokens, job=job, only=_done(ledger, job, plan.n_frames, known))
     ledger.save_input(tokens)
     previous = store.read_record() if status != "fresh" else None
     now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
@@ -187,7 +191,7 @@ def prepare_output(plan: RunPlan, overwrite: bool) -> RunState | RunRecord:
     if status == "resume":
         record["resumed"] = (previous or {}).get("resumed", []) + [now]
     store.write_record(record)
-    return RunState(plan, store, ledger, record, fresh=status == "fresh", tokens=tokens)
+    return RunState(plan, store, ledger, record, fresh=status == "fresh", tokens=tokens, known=known)
 
 
 def _same_input(plan: RunPlan, recorded: list | None, current: list | None, *, during: bool = False,
@@ -241,11 +245,12 @@ def _pass_arrays(client, state: RunState, todo: dict[str, list[int]]) -> PassArr
     return arrays
 
 
-def _done(ledger: Ledger, job, n_t: int) -> np.ndarray:
-    """Frames of a population an earlier run of this output finished (segmented or, direct, numbered)."""
+def _done(ledger: Ledger, job, n_t: int, known: dict[str, dict[int, FrameInfo]]) -> np.ndarray:
+    """Frames of a population an earlier run of this output finished (segmented or, direct,
+    numbered: ``known``, see :attr:`RunState.known`)."""
     if job.numbering == "direct":
         done = np.zeros(n_t, bool)
-        done[list(ledger.numbered_infos(job.name, n_t))] = True
+        done[list(known.get(job.name, {}))] = True
         return done
     return ledger.segmented(job.name, n_t)
 
@@ -255,7 +260,7 @@ def segment_pass(client, state: RunState, progress: bool, echo: Echo) -> None:
     frames of directly numbered populations as it goes), all populations in one stream of work."""
     plan = state.plan
     n_t = plan.n_frames
-    todo = {j.name: np.flatnonzero(~_done(state.ledger, j, n_t)).tolist() for j in plan.jobs}
+    todo = {j.name: np.flatnonzero(~_done(state.ledger, j, n_t, state.known)).tolist() for j in plan.jobs}
     n_total, n_todo = n_t * len(plan.jobs), sum(len(ts) for ts in todo.values())
     state.computed = {j.name: 0 for j in plan.jobs}
     if n_todo < n_total:
@@ -317,9 +322,9 @@ def _direct_units(state: RunState, job, arrays: PassArrays) -> tuple[DirectChain
     numbered (see :mod:`.direct`)."""
     plan, n_t = state.plan, state.plan.n_frames
     grid = LabelGrid.for_shape(plan.frame_shape, state.store.zarr_format)
-    known = state.ledger.numbered_infos(job.name, n_t)
+    known = state.known.get(job.name, {})
     chain = DirectChain(job, arrays, _final_labels(state, job, DIRECT_DTYPE), grid.windows(plan.frame_shape),
-                        {t: i.count for t, i in known.items()})
+                        {t: i.count for t, i in known.items()}, n_t)
     return chain, shard_units([t for t in range(n_t) if t not in known], grid.frames_per_write,
                               job.frames_per_task, n_t)
 
@@ -331,8 +336,8 @@ def number_pass(client, state: RunState, progress: bool) -> dict[str, Population
     for job in plan.jobs:
         # frames of earlier runs (resuming) come from the ledger; this run's were handed back
         if job.numbering == "direct":
-            known = {**ledger.numbered_infos(job.name, n_t), **{t: i for (p, t), i in state.seen.items()
-                                                                if p == job.name}}
+            known = {**state.known.get(job.name, {}), **{t: i for (p, t), i in state.seen.items()
+                                                         if p == job.name}}
             infos = [known[t] for t in range(n_t)]
             out[job.name] = population_record(job, infos, np.asarray([i.count for i in infos], np.int64),
                                               DIRECT_DTYPE, state.computed.get(job.name, 0))
