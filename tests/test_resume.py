@@ -52,20 +52,26 @@ def _segmented(out: Path) -> int:
     return sum(len(list((folder / p).glob("t*.npz"))) for p in POPS if (folder / p).is_dir())
 
 
+def _kill_client_when(config: Path, done, at_least: int) -> None:
+    """Start ``popseg run config`` (1 embedded worker) and SIGKILL it, with its workers, once
+    ``done()`` reaches ``at_least``."""
+    proc = subprocess.Popen([sys.executable, "-m", "popseg_dask.cli", "run", str(config),
+                             "--workers", "1", "--quiet"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    deadline = time.time() + 120
+    while done() < at_least:
+        assert proc.poll() is None, "the run ended before it could be killed: " + proc.stderr.read().decode()
+        assert time.time() < deadline, f"not {at_least} frames done within 2 minutes"
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)  # the client and its embedded workers, mid-run
+    proc.wait()
+
+
 def test_killed_client_resumes_with_identical_output(long_movie, tmp_path, capsys):
     root, cfg, clean = long_movie
     (root / "killed.yaml").write_text(yaml.safe_dump({**cfg, "output": "killed.zarr"}))
     out = root / "killed.zarr"
-    proc = subprocess.Popen([sys.executable, "-m", "popseg_dask.cli", "run", str(root / "killed.yaml"),
-                             "--workers", "1", "--quiet"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            start_new_session=True)
-    deadline = time.time() + 120
-    while _segmented(out) < 10:
-        assert proc.poll() is None, "the run ended before it could be killed: " + proc.stderr.read().decode()
-        assert time.time() < deadline, "no frame finished within 2 minutes"
-        time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)  # the client and its embedded workers, mid-run
-    proc.wait()
+    _kill_client_when(root / "killed.yaml", lambda: _segmented(out), 10)
     done_before = _segmented(out)
     assert 10 <= done_before < 2 * 40
     rec = dict(zarr.open_group(str(out), mode="r").attrs)["popseg"]
@@ -172,16 +178,7 @@ def test_killed_client_resumes_an_untiled_run_numbered_directly(long_movie, tmp_
     untiled = {**cfg, "populations": {k: {**v, "tile": "none"} for k, v in cfg["populations"].items()}}
     (root / "direct.yaml").write_text(yaml.safe_dump({**untiled, "output": "direct.zarr"}))
     out = root / "direct.zarr"
-    proc = subprocess.Popen([sys.executable, "-m", "popseg_dask.cli", "run", str(root / "direct.yaml"),
-                             "--workers", "1", "--quiet"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            start_new_session=True)
-    deadline = time.time() + 120
-    while _numbered(out) < 16:
-        assert proc.poll() is None, "the run ended before it could be killed: " + proc.stderr.read().decode()
-        assert time.time() < deadline, "no shard row written within 2 minutes"
-        time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    _kill_client_when(root / "direct.yaml", lambda: _numbered(out), 16)
     done_before = _numbered(out)
     assert 16 <= done_before < 80 and done_before % 8 == 0  # whole shard rows of 8 frames
     assert not (out / ".popseg" / "scratch").exists() and not (out / ".popseg" / "frames").exists()
