@@ -53,9 +53,12 @@ def trained(tmp_path_factory):
                  "--labels", str(root / "targets_corrected.tif"), "--frames", "0:6", "--out", str(root / "ds_t")]) == 0
     assert main(["export-training", str(root / "threshold.zarr"), "--population", "effectors", "--frames", "0:6",
                  "--tiles", "1", "--out", str(root / "ds_e")]) == 0
+    # as small as still trains well here (validation F1 0.94 and 1.0; 35 s and 65 s on 2 cores):
+    # this fixture was half of the suite's time
     assert main(["train", "stardist", str(root / "ds_t"), "--out", str(root / "models" / "sd"), "--size", "tiny",
-                 "--epochs", "20", "--steps", "20"]) == 0
-    assert main(["train", "cellpose", str(root / "ds_e"), "--out", str(root / "models" / "cp"), "--epochs", "100", "--patch", "128"]) == 0
+                 "--epochs", "10", "--steps", "12", "--patch", "128"]) == 0
+    assert main(["train", "cellpose", str(root / "ds_e"), "--out", str(root / "models" / "cp"), "--epochs", "60",
+                 "--patch", "96"]) == 0
     return root, mv
 
 
@@ -287,13 +290,16 @@ def test_gpu_population_runs_only_on_the_gpu_worker(trained, tmp_path):
         assert rec["complete"]
         assert rec["populations"]["sd"]["device"] == "gpu" and rec["populations"]["sd_auto"]["device"] == "gpu"
         assert rec["populations"]["sd"]["resources"] == {"GPU": 1}
-        where: dict[str, list[str]] = {}
+        # keys, not executions: Dask may run a task twice (a steal racing its start, a worker
+        # restarted for memory) and that is not what this test is about; where each ran is
+        where: dict[str, dict[str, set[str]]] = {}
         for task in ts.data:
             kind, pop = str(task["key"]).split("-")[:2]
-            where.setdefault(f"{kind}-{pop}", []).append(task["worker"])
-        gpu_tasks = where["tile-sd"] + where["merge-sd"] + where["direct-sd_auto"]
-        assert len(gpu_tasks) == N_FRAMES * (4 + 1) + N_FRAMES and set(gpu_tasks) == set(gpu)
-        other = set(where["direct-thr"])
+            where.setdefault(f"{kind}-{pop}", {}).setdefault(str(task["key"]), set()).add(task["worker"])
+        gpu_keys = {**where["tile-sd"], **where["merge-sd"], **where["direct-sd_auto"]}
+        assert len(gpu_keys) == N_FRAMES * (4 + 1) + N_FRAMES
+        assert set().union(*gpu_keys.values()) == set(gpu)
+        other = set().union(*where["direct-thr"].values())
         assert other - set(gpu), "the CPU population should also use the worker without a GPU"
     finally:
         stop_processes(procs)

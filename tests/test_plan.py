@@ -129,7 +129,7 @@ def test_readme_protocol_table_is_generated_from_the_base_class():
     assert block == protocol_markdown(), "regenerate it: python -m popseg_dask.segmenters README.md"
     # every capability the engine reads is declared (with a default) on the base class and documented
     for name in ("halo", "link", "object_size", "align", "objects_independent", "whole_frame_reason", "devices",
-                 "resources", "needs_frame_stats", "needs_tile_stats", "on_device", "with_context",
+                 "resources", "needs_frame_stats", "needs_tile_stats", "tile_stats_rounds", "on_device", "with_context",
                  "segment_window"):
         assert hasattr(Segmenter, name) and f"`{name}" in block
 

@@ -186,21 +186,6 @@ def test_tiled_equals_untiled_on_dense_touching_clumps(seed, name):
         assert np.array_equal(got, ref), f"{name}: tile {tile} differs on a dense frame ({info})"
 
 
-def test_a_real_dense_field_tiles_exactly():
-    """The tile benchmark's dense movie: a real field of touching nuclei (DSB 2018, from
-    StarDist's package data), at the density the benchmark claims, tiled == untiled."""
-    pytest.importorskip("stardist", reason="the dsb2018 image ships with the stardist extra")
-    from popseg_dask.dense import DENSE_CONFIG, dense_movie
-
-    frame = dense_movie(1, 1024, seed=3)[0]
-    spec = {k: v for k, v in DENSE_CONFIG["populations"]["nuclei"].items() if k != "segmenter"}
-    seg = ThresholdSegmenter.from_config({**spec, "channel": 0}, ["0"])
-    ref = canonical_relabel(seg(frame))[0]
-    assert ref.max() >= 500, "at least 2 000 nuclei per 2048² frame, i.e. 500 per 1024²"
-    got, info = segment_frame(seg, frame, tile=512)
-    assert np.array_equal(got, ref), info
-
-
 def test_empty_frame_and_empty_tiles():
     frame = np.zeros((1, 200, 200), np.uint16)
     for name in ("watershed", "components-no-fill"):

@@ -35,6 +35,9 @@ DENSE_CONFIG = {
             "thresholds": [40, float("inf")],
             "marker_min_distance": 5,
             "marker_footprint_size": 9,
+            # the largest nuclei are ~34 px across (17 px to the background): tiles are padded
+            # for that, as StarDist's big.py asks for an overlap larger than the largest object
+            "max_object_px": 40,
             "feature_queries": ["area < 40"],
             "do_watershed": True,
             "fill_holes": True,

@@ -57,8 +57,9 @@ def segment_frame(segmenter: Segmenter, frame: np.ndarray, tile=None, halo: int 
     aux = array(np.int32) if segmenter.needs_tile_stats and not plan.untiled else None  # as a run has it
     stats = frame_stats_task(src, stats, segmenter)
     if segmenter.needs_tile_stats and not plan.untiled:
-        parts = [tile_stats_task(src, stats, segmenter, t, aux, 0) for t in plan]
-        stats = reduce_stats_task(parts, stats, segmenter, plan)
+        for r in range(segmenter.tile_stats_rounds):
+            parts = [tile_stats_task(src, stats, segmenter, t, aux, 0, r) for t in plan]
+            stats = reduce_stats_task(parts, stats, segmenter, plan)
     results = [tile_task(src, stats, segmenter, t, scratch, 0, aux, plan) for t in plan]
     result = merge_task(src, stats, segmenter, results, scratch, 0, aux, plan)
     return number_from_provisional(scratch[0], result.anchors, 0), result.info

@@ -94,11 +94,13 @@ def segment_graph(job: PopulationJob, ts: list[int], arrays: PassArrays):
     src = dask.delayed(arrays.source(job, t), name=f"frame-{tag}", traverse=False)
     stats = dask.delayed(frame_stats_task)(src, stats0, seg_d, dask_key_name=f"stats-{tag}") \
         if seg.needs_frame_stats else stats0
-    if seg.needs_tile_stats:
-        parts = [dask.delayed(tile_stats_task)(src, stats, seg_d, tile, aux, t,
-                                               dask_key_name=f"tilestats-{tag}-{tile.index[0]}.{tile.index[1]}")
+    for r in range(seg.tile_stats_rounds if seg.needs_tile_stats else 0):
+        kind = "tilestats" if r == 0 else f"tilestats{r + 1}"
+        parts = [dask.delayed(tile_stats_task)(src, stats, seg_d, tile, aux, t, r,
+                                               dask_key_name=f"{kind}-{tag}-{tile.index[0]}.{tile.index[1]}")
                  for tile in tiles]
-        stats = dask.delayed(reduce_stats_task)(parts, stats, seg_d, tiles, dask_key_name=f"reduce-{tag}")
+        stats = dask.delayed(reduce_stats_task)(parts, stats, seg_d, tiles,
+                                                dask_key_name=f"reduce-{tag}" + (f"-r{r + 1}" if r else ""))
     with job.resource_annotation():
         results = [dask.delayed(tile_task)(src, stats, seg_d, tile, scratch, t, aux, tiles,
                                            dask_key_name=f"tile-{name}-t{t}-{tile.index[0]}.{tile.index[1]}-"

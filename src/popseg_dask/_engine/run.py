@@ -136,9 +136,20 @@ def execute(client, plan: RunPlan, *, overwrite: bool = False, progress: bool = 
         populations = number_pass(client, state, progress)
         timings["number_s"] = time.perf_counter() - t2
         lease.check()
-        return finish(client, state, populations, timings, t0)
+        record = finish(client, state, populations, timings, t0)
+        fallback_hints(record, echo)
+        return record
     finally:
         lease.release()
+
+
+def fallback_hints(record: RunRecord, echo: Echo) -> None:
+    """Say which tiled populations had frames segmented whole, and what keeps them tiled."""
+    for name, pop in record["populations"].items():
+        n = pop.get("whole_frame_fallbacks", 0)
+        if n:
+            echo(f"population {name}: {n} frame(s) were segmented whole: objects (or clusters of them) wider than "
+                 f"the tiles' padding of {pop['halo']} px; a larger max_object_px (or halo) keeps them tiled")
 
 
 @functools.lru_cache(maxsize=1)

@@ -138,9 +138,11 @@ def frame_stats_task(source: FrameSource, stats: Any, segmenter: Segmenter) -> A
     return segmenter.frame_stats(source.read((0, source.shape[1], 0, source.shape[2])), stats)
 
 
-def tile_stats_task(source: FrameSource, stats: Any, segmenter: Segmenter, tile: Tile, aux, t: int) -> Any:
-    """One core's partial frame statistics; its per-pixel part is stored in ``aux``."""
-    ctx = window_context(tile.window, source.frame_shape)
+def tile_stats_task(source: FrameSource, stats: Any, segmenter: Segmenter, tile: Tile, aux, t: int,
+                    round_: int = 0) -> Any:
+    """One core's partial frame statistics in round ``round_``; its per-pixel part is stored in ``aux``
+    (rounds after the first see what earlier rounds stored there, over their whole window)."""
+    ctx = window_context(tile.window, source.frame_shape, aux if round_ else None, t)
     partial, core_aux = segmenter.tile_stats(source.read(tile.window), stats, ctx, tile.core_in_window)
     if core_aux is not None:
         y0, y1, x0, x1 = tile.core

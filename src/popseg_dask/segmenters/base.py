@@ -131,6 +131,10 @@ class Segmenter(ABC):
     needs_tile_stats : bool
         Run :meth:`tile_stats` on each tile's core and :meth:`reduce_tile_stats` on all of them
         before any tile is segmented (frame-wide facts computed tile by tile).
+    tile_stats_rounds : int
+        Rounds of :meth:`tile_stats` and :meth:`reduce_tile_stats`: each round's tiles see the
+        statistics the previous round reduced, and the ``ctx.aux`` earlier rounds stored (a fact
+        that needs another, e.g. peaks of a mask whose holes are a frame fact).
     """
 
     name: ClassVar[str]
@@ -147,6 +151,7 @@ class Segmenter(ABC):
     resources: dict[str, float] | None = None
     needs_frame_stats: bool = False
     needs_tile_stats: bool = False
+    tile_stats_rounds: int = 1
 
     @classmethod
     def from_config(cls, params: dict[str, Any], context: BuildContext | Sequence[str]) -> "Segmenter":

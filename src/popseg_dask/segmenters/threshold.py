@@ -35,6 +35,9 @@ from scipy import ndimage as ndi
 from ..config import Strict, validation_message
 from ..errors import PopsegError
 from .base import BuildContext, Segmenter, WindowContext, resolve_channel
+from .memo import WindowMemo, digest
+from .markers import (clamp_safe, core_candidates, footprint_of, frame_markers, greedy_spacing, local_maxima,
+                      markers_in_window, search_box)
 from .filters import (FRAME_GLOBAL, POSITION_DEPENDENT, apply_filters, edge_width, filter_support,
                       frame_filter_params, interpolate_nan, validate_filters)
 from .query import Query, QuerySyntaxError, parse_query
@@ -48,6 +51,9 @@ SHAPE_FEATURES = (
     "feret_diameter_max", "orientation", "perimeter", "perimeter_crofton", "solidity",
 )
 _INTENSITY_STATS = ("mean", "max", "min")
+
+# a tiled frame's windows are looked at in up to three tasks; see .memo
+_MEMO = WindowMemo()
 
 
 def _intensity_name(channel: str, stat: str) -> str:
@@ -191,7 +197,10 @@ def distance_to_background(mask: np.ndarray) -> np.ndarray:
         import edt
     except ImportError:
         return ndi.distance_transform_edt(mask)
-    out = edt.edt(np.ascontiguousarray(mask, dtype=bool), black_border=False)
+    mask = np.ascontiguousarray(mask, dtype=bool)
+    if not mask.flags.writeable:  # edt's typed memoryview refuses read-only buffers (memoized masks)
+        mask = mask.copy()
+    out = edt.edt(mask, black_border=False)
     if out.size and out.max() >= _EDT_FLOAT32_EXACT:
         return ndi.distance_transform_edt(mask)
     return out
@@ -216,34 +225,6 @@ def fill_label_holes(labels: np.ndarray) -> np.ndarray:
     return out
 
 
-def _greedy_spacing(coords: np.ndarray, spacing: int) -> np.ndarray:
-    """Keep points in order, dropping any within Chebyshev distance < ``spacing`` of a kept one.
-
-    The rule of skimage's ``ensure_spacing`` (as ``peak_local_max`` uses it), done in batches so
-    that plateaus with many candidate peaks cannot blow up memory.
-    """
-    from scipy.spatial import cKDTree
-
-    kept = coords[:0]
-    start, size = 0, 50
-    while start < len(coords):
-        batch = coords[start:start + size]
-        start += len(batch)
-        size = min(2 * size, 2000)
-        pts = np.vstack([kept, batch])
-        near = cKDTree(pts).query_ball_point(pts, r=spacing, p=np.inf)
-        rejected = np.zeros(len(pts), bool)
-        for i, cand in enumerate(near):
-            if rejected[i]:
-                continue
-            cand = np.asarray([c for c in cand if c != i], dtype=np.int64)
-            if len(cand):
-                d = np.abs(pts[cand] - pts[i]).max(axis=1)
-                rejected[cand[d < spacing]] = True
-        kept = pts[~rejected]
-    return kept
-
-
 @dataclass(frozen=True)
 class FrameFacts:
     """Frame-wide facts of a threshold segmentation, computed before its tiles (never mutated).
@@ -266,6 +247,9 @@ class FrameFacts:
     holes, hole_offsets, tile, grid_cols : arrays, tuple, int or None
         Hole filling across tiles: which background components (numbered per core, offset per
         core) are holes of the frame, and the core grid they are numbered on.
+    markers : (n, 2) int array or None
+        The frame's watershed markers (frame coordinates), found tile by tile (see
+        :mod:`.markers`); None until reduced.
     """
 
     equalize_reference: np.ndarray | None = None
@@ -278,6 +262,7 @@ class FrameFacts:
     hole_offsets: np.ndarray | None = None
     tile: tuple[int, int] | None = None
     grid_cols: int | None = None
+    markers: np.ndarray | None = None
 
 
 def _join_background(partials: list, plan) -> dict[str, Any]:
@@ -399,6 +384,7 @@ class ThresholdSegmenter(Segmenter):
         self.channels = [target] + [c for c in self.intensity_channels if c != target]
         self._needed = needed
         self.edge = edge_width(params.filters) if params.edge_exclusion else None
+        self._digest: bytes | None = None  # of the parameters, for the window memo
 
     @classmethod
     def from_config(cls, params: dict[str, Any], context: BuildContext | Sequence[str]) -> "ThresholdSegmenter":
@@ -433,19 +419,15 @@ class ThresholdSegmenter(Segmenter):
         return None
 
     @property
-    def peak_reach(self) -> int:
-        p = self.params
-        if p.marker_footprint is not None:
-            return max(np.asarray(p.marker_footprint).shape) // 2 + 1
-        return p.marker_footprint_size // 2 + 1
+    def footprint(self) -> np.ndarray:
+        """The peak search's footprint (``marker_footprint``, or a square of ``marker_footprint_size``)."""
+        return footprint_of(self.params.marker_footprint, self.params.marker_footprint_size)
 
     @property
     def link(self) -> int:  # type: ignore[override]
-        # Watershed couples objects through peak suppression (min_distance) and the peak
-        # search's footprint; without it objects are independent components.
-        if not self.params.do_watershed:
-            return 1
-        return max(self.params.marker_min_distance, self.peak_reach) + 1
+        # Watershed markers are a frame fact (:mod:`.markers`): an object depends only on its own
+        # connected component of the mask, so clusters are the mask's 8-connected components.
+        return 0 if self.params.do_watershed else 1
 
     @property
     def object_size(self) -> int:  # type: ignore[override]
@@ -456,7 +438,9 @@ class ThresholdSegmenter(Segmenter):
 
     @property
     def halo(self) -> int:  # type: ignore[override]
-        return filter_support(self.params.filters) + self.link + 2
+        # the mask is exact filter_support from a cut; a cluster needs its own pixels, the ring
+        # around them and the background nearest to each of them (within 2 of the cluster) exact
+        return filter_support(self.params.filters) + 3
 
     @property
     def needs_frame_stats(self) -> bool:  # type: ignore[override]
@@ -466,6 +450,11 @@ class ThresholdSegmenter(Segmenter):
     @property
     def needs_tile_stats(self) -> bool:  # type: ignore[override]
         return self.params.do_watershed or self.params.fill_holes
+
+    @property
+    def tile_stats_rounds(self) -> int:  # type: ignore[override]
+        # markers are found on the filled mask, and the holes are known only after round one
+        return 2 if self.params.do_watershed and self.params.fill_holes else 1
 
     # --------------------------------------------------------------- stats
     def reference_frames(self) -> list[int]:
@@ -498,16 +487,51 @@ class ThresholdSegmenter(Segmenter):
                        equalize_reference=None)
 
     def tile_stats(self, block, stats, ctx, core):
-        """Core's share of the frame facts: foreground box, background, background components.
+        """A core's share of the frame facts, in one round or two.
 
-        Hole filling is a frame-wide fact (a background region is a hole iff it does not reach
-        the frame edge): each core labels its background components (stored per pixel) and
-        reports those on its sides; the reduction joins them across cores.
+        Round one: the foreground box, whether there is background, and for hole filling the
+        background components (stored per pixel, joined across cores by the reduction: a
+        background region is a hole iff it does not reach the frame edge). The candidate peaks
+        of the watershed markers (:func:`.markers.core_candidates`) need the filled mask, so with
+        hole filling they are a second round; without, they come with the first.
         """
         stats = stats or FrameFacts()
         if stats.whole:
             return None, None
-        return self._partial(self._binary(block, stats, ctx, fill=False), ctx, core, holes=self.params.fill_holes)
+        binary, key = self._window_mask(block, stats, ctx)
+        if stats.reduced:  # round two
+            return {"peaks": self._candidates(*self._filled_distance(binary, key, stats, ctx), ctx, core)}, None
+        part, aux = self._partial(binary, ctx, core, holes=self.params.fill_holes)
+        if self.params.do_watershed and not self.params.fill_holes:
+            part["peaks"] = self._candidates(*self._filled_distance(binary, key, stats, ctx), ctx, core)
+        return part, aux
+
+    def _candidates(self, binary, distance, ctx, core) -> dict[str, Any]:
+        return core_candidates(distance, binary, ctx, core, self.footprint, self.params.marker_min_distance,
+                               filter_support(self.params.filters))
+
+    def _window_mask(self, block, stats, ctx) -> tuple[np.ndarray, bytes | None]:
+        """The window's thresholded mask (unfilled) and the digest it is memoized under (None
+        for a whole frame, which is looked at once)."""
+        if ctx.is_whole_frame:
+            return self._binary(block, stats, ctx, fill=False), None
+        if self._digest is None:
+            self._digest = digest(self.params.model_dump_json(), self.channels, self.edge)
+        eq = stats.equalize_table if stats.equalize_table is not None else (stats.equalize_reference,)
+        key = digest(self._digest, block, ctx.origin, ctx.frame_shape, stats.filter_params, *eq)
+        return _MEMO.get(key + b"mask", lambda: self._binary(block, stats, ctx, fill=False)), key
+
+    def _filled_distance(self, binary, key, stats, ctx) -> tuple[np.ndarray, np.ndarray]:
+        """The mask with its holes filled (when configured) and its distance to the background."""
+        def compute():
+            filled = self._fill(binary, stats, ctx) if self.params.fill_holes else binary
+            return filled, distance_to_background(filled)
+
+        if key is None:
+            return compute()
+        if self.params.fill_holes and not ctx.is_whole_frame:
+            key = digest(key, ctx.aux, stats.holes, stats.hole_offsets, stats.tile, stats.grid_cols)
+        return _MEMO.get(key + b"filled", compute)
 
     def _partial(self, binary, ctx, core, holes: bool):
         cy, cx = core
@@ -550,9 +574,20 @@ class ThresholdSegmenter(Segmenter):
         return part, aux
 
     def reduce_tile_stats(self, partials, stats, plan=None):
+        """The frame's facts from its cores' (``plan``: None for a whole frame, its own core)."""
         out = stats or FrameFacts()
         if out.whole:
             return out
+        first = not out.reduced
+        if first:
+            out = self._reduce_first(partials, out, plan)
+        if out.whole or plan is None or not self.params.do_watershed or (first and self.params.fill_holes):
+            return out
+        markers = frame_markers([p["peaks"] for p in partials], plan.frame_shape, self.params.marker_min_distance,
+                                out.roi, self.footprint.size)
+        return replace(out, whole=True) if markers is None else replace(out, markers=markers)
+
+    def _reduce_first(self, partials, out: FrameFacts, plan) -> FrameFacts:
         boxes = [p["box"] for p in partials if p is not None and p["box"] is not None]
         has_bg = any(p["has_bg"] for p in partials if p is not None)
         roi = None
@@ -560,7 +595,11 @@ class ThresholdSegmenter(Segmenter):
             b = np.asarray(boxes)
             roi = (int(b[:, 0].min()), int(b[:, 1].max()), int(b[:, 2].min()), int(b[:, 3].max()))
         # no background at all: the distance map has no zero; do it whole
-        out = replace(out, reduced=True, roi=roi, whole=not has_bg and roi is not None)
+        whole = not has_bg and roi is not None
+        if plan is not None and self.params.do_watershed and roi is not None and not clamp_safe(self.footprint):
+            # candidates are searched in the largest box; this footprint needs the foreground's
+            whole = whole or roi != search_box(plan.frame_shape, self.params.marker_min_distance)
+        out = replace(out, reduced=True, roi=roi, whole=whole)
         if self.params.fill_holes and plan is not None:
             out = replace(out, **_join_background(partials, plan))
         return out
@@ -580,17 +619,18 @@ class ThresholdSegmenter(Segmenter):
         if stats.whole and not ctx.is_whole_frame:
             empty = np.zeros(block.shape[-2:], np.int32)
             return empty, empty.astype(bool), True
-        binary = self._binary(block, stats, ctx, fill=False)
+        binary, key = self._window_mask(block, stats, ctx)
         if ctx.is_whole_frame and self.params.do_watershed and not stats.reduced:
             # a whole frame is its own single tile: its facts come from the mask just computed
             whole = (slice(0, binary.shape[0]), slice(0, binary.shape[1]))
             stats = self.reduce_tile_stats([self._partial(binary, ctx, whole, holes=False)[0]], stats)
-        if self.params.fill_holes:
-            binary = self._fill(binary, stats, ctx)
         vote = False
         if self.params.do_watershed:
-            labels, vote = self._watershed(binary, stats, ctx)
+            binary, distance = self._filled_distance(binary, key, stats, ctx)
+            labels, vote = self._watershed(binary, distance, stats, ctx)
         else:
+            if self.params.fill_holes:
+                binary = self._fill(binary, stats, ctx)
             labels, _ = ndi.label(binary.astype(int))
         if self.queries:
             labels = self._remove_matching(labels, block, ctx)
@@ -636,62 +676,38 @@ class ThresholdSegmenter(Segmenter):
     def _peaks(self, distance, binary, stats, ctx) -> tuple[np.ndarray, bool]:
         """skimage's ``peak_local_max(distance, footprint, labels=binary, min_distance)`` on the frame.
 
-        Reproduced for a window: the frame-wide parts (the search box, the threshold, the
-        'trivial image' rule) come from ``stats``; the rest is local. Returns the peak mask of the
-        window and this window's vote that the frame is 'trivial' (every foreground pixel of the
-        search box a maximum), which only a whole frame can settle.
+        A window takes the frame's markers (:mod:`.markers`); a whole frame finds them itself,
+        the frame-wide search box coming from ``stats``. The second value (a whole-frame vote)
+        is always False: a 'trivial' frame is found by the reduction.
         """
-        p = self.params
-        roi = stats.roi
+        if stats.markers is not None:
+            return markers_in_window(stats.markers, ctx.origin, binary.shape), False
+        if not ctx.is_whole_frame:
+            raise RuntimeError("a watershed window needs the frame's markers: run tile_stats and "
+                               "reduce_tile_stats first")
+        p, roi = self.params, stats.roi
         peaks = np.zeros(binary.shape, bool)
         if roi is None:
             return peaks, False
-        (oy, ox), (H, W) = ctx.origin, binary.shape
-        y0, y1 = max(roi[0] - oy, 0), min(roi[1] - oy, H)
-        x0, x1 = max(roi[2] - ox, 0), min(roi[3] - ox, W)
-        if y0 >= y1 or x0 >= x1:
-            return peaks, True
-        footprint = (np.asarray(p.marker_footprint) if p.marker_footprint is not None
-                     else np.ones((p.marker_footprint_size, p.marker_footprint_size)))
-        img = distance[y0:y1, x0:x1].copy()
-        mask = binary[y0:y1, x0:x1]
-        img[~mask] = np.finfo(img.dtype).min
-        roi_size = (roi[1] - roi[0]) * (roi[3] - roi[2])
-        if footprint.size == 1 or roi_size == 1:
-            out = img > 0
-            vote = False
-        else:
-            out = img == ndi.maximum_filter(img, footprint=footprint, mode="nearest")
-            if ctx.is_whole_frame:
-                if np.all(out[mask]):
-                    out[:] = False
-                    out[np.logical_xor(mask, ndi.binary_opening(mask))] = True
-                vote = False
-            else:
-                # A frame is 'trivial' only if every window finds all its safe pixels maxima.
-                vote = bool(np.all(out[self._safe(mask, ctx, (y0, x0), (H, W))]))
-            out &= img > 0  # the frame has background (else it is done whole), so min(distance) == 0
+        y0, y1, x0, x1 = roi
+        footprint = self.footprint
+        img, mask = distance[y0:y1, x0:x1], binary[y0:y1, x0:x1]
+        single = footprint.size == 1 or (y1 - y0) * (x1 - x0) == 1
+        out = local_maxima(img, mask, np.ones((1, 1)) if single else footprint)
+        if not single and np.all(out[mask]):
+            # skimage's 'trivial image': every foreground pixel a maximum
+            out[:] = False
+            out[np.logical_xor(mask, ndi.binary_opening(mask))] = True
         coords = np.argwhere(out)
         if len(coords) and p.marker_min_distance > 1:
             order = np.argsort(-img[out], kind="stable")
-            coords = _greedy_spacing(coords[order], p.marker_min_distance)
+            coords = greedy_spacing(coords[order], p.marker_min_distance)
         peaks[coords[:, 0] + y0, coords[:, 1] + x0] = True
-        return peaks, vote
+        return peaks, False
 
-    def _safe(self, mask, ctx, offset, window_shape) -> np.ndarray:
-        """Pixels of ``mask`` (placed at ``offset`` in the window) ``halo`` or more from every cut."""
-        (H, W), m = window_shape, self.halo
-        top, bottom, left, right = ctx.artificial
-        rows = np.arange(offset[0], offset[0] + mask.shape[0])
-        cols = np.arange(offset[1], offset[1] + mask.shape[1])
-        rok = (rows >= (m if top else 0)) & (rows < (H - m if bottom else H))
-        cok = (cols >= (m if left else 0)) & (cols < (W - m if right else W))
-        return mask & rok[:, None] & cok[None, :]
-
-    def _watershed(self, binary: np.ndarray, stats, ctx) -> tuple[np.ndarray, bool]:
+    def _watershed(self, binary: np.ndarray, distance: np.ndarray, stats, ctx) -> tuple[np.ndarray, bool]:
         from skimage.segmentation import watershed
 
-        distance = distance_to_background(binary)
         peaks, vote = self._peaks(distance, binary, stats, ctx)
         markers, _ = ndi.label(peaks)
         if self.params.watershed_ties == "celldetective":

@@ -17,9 +17,12 @@ Why the result is exact — stitching by *resolution*, not by matching:
    tile wrote it.
 3. A tile keeps only the objects it resolves. A cluster cut by a core edge is either resolved by
    some other tile (its pixels are copied from that tile's result) or by none (larger than the
-   halo, or chained across cuts): then its pieces are grouped and re-segmented in a window grown
-   by whole tiles until every cluster of the group is resolved. The whole frame always resolves
-   (nothing is cut), so the loop ends, and its result is the untiled result.
+   halo, or chained across cuts): then each of its pieces is re-segmented in a window grown
+   around it until the clusters holding the piece are resolved (only those: a neighbour the
+   window also cuts does not make it grow). The whole frame always resolves (nothing is cut), so
+   the loop ends, and its result is the untiled result. How large a merge grows is therefore
+   bounded by the cluster, and a cluster by what the segmenter links (for the threshold
+   segmenter, a connected component of its mask: its watershed markers are a frame fact).
 4. Final ids: frame ``t``'s objects, ranked by provisional id, get ``offset[t] + rank + 1``,
    where ``offset`` is the prefix sum of the counts of earlier frames. The label image therefore
    depends only on the masks, never on tile size, worker count or task order: bitwise equal for

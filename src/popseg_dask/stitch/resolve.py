@@ -11,9 +11,10 @@ make it exact are stated in :mod:`popseg_dask.stitch`; the steps are:
    (only those some neighbour cannot resolve itself: :func:`resolvable_by_others`), and reports
    the clusters of its core it could not resolve (their box and core pixels).
 3. :func:`complete_frame` — a cut cluster whose core pixels a neighbour resolved is copied from
-   the pixels it handed over; the others are grouped (overlapping boxes) and each group is
-   re-segmented in a window grown by whole tiles until every cluster it touches is resolved — at
-   worst the whole frame, which is exact by definition.
+   the pixels it handed over; each of the others is re-segmented in a window grown around its
+   piece until the clusters holding that piece are resolved (neighbours the window also meets
+   need not be) — at worst the whole frame, which is exact by definition. A piece whose pixels an
+   earlier re-segmentation already wrote (another piece of the same cluster) is skipped.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Callable, Protocol
 import numpy as np
 from scipy import ndimage as ndi
 
-from .clusters import cluster_boxes, clusters, group_boxes, present_ids, resolved_clusters
+from .clusters import cluster_boxes, clusters, present_ids, resolved_clusters
 from .ids import compact_ids, provisional_ids
 
 if TYPE_CHECKING:
@@ -81,9 +82,9 @@ class TileResult:
 class FrameInfo:
     """How a frame was stitched (recorded per frame, summed per population in the run record)."""
 
-    regions: int = 0          # groups re-segmented by the merge
+    regions: int = 0          # windows the merge re-segmented (one per cut cluster nobody resolved)
     copied: int = 0           # cut clusters copied from a neighbour that resolved them
-    whole_frame: bool = False  # some group grew to the whole frame (or every tile voted for it)
+    whole_frame: bool = False  # a merge window grew to the whole frame (or every tile voted for it)
     tile_s: float = 0.0
     merge_s: float = 0.0
     count: int = 0            # objects of the frame
@@ -238,12 +239,16 @@ def complete_frame(segmenter: Any, read: Callable[[Window], np.ndarray], context
     info = FrameInfo(tile_s=sum(r.seconds for r in results))
     anchors = [r.anchors for r in results]
     if len(results) > 1 and all(r.vote for r in results):
-        groups = [(0, Y, 0, X)]
+        anchors.append(_resegment(segmenter, read, context, stats, canvas, plan, dtype, (0, Y, 0, X), None, info)[0])
         info.whole_frame = True
     else:
-        groups = _copy_or_group(results, canvas, plan, dtype, info)
-    for g in groups:
-        anchors.append(_resegment_group(segmenter, read, context, stats, canvas, plan, dtype, g, info))
+        written = np.zeros(0, np.int64)  # frame pixels merges wrote, sorted
+        for box, pix in _copy_or_pieces(results, canvas, plan, dtype, info):
+            if len(written) and np.isin(pix, written, assume_unique=True).all():
+                continue  # another piece of the same cluster was re-segmented whole
+            anc, flat = _resegment(segmenter, read, context, stats, canvas, plan, dtype, box, pix, info)
+            anchors.append(anc)
+            written = np.union1d(written, flat)
     anchors = np.unique(np.concatenate(anchors)) if anchors else np.zeros(0, np.int64)
     if segmenter.objects_independent and len(results) > 1:
         # Networks agree between overlapping windows only up to float rounding: keep the ids that
@@ -254,56 +259,83 @@ def complete_frame(segmenter: Any, read: Callable[[Window], np.ndarray], context
     return FrameResult(anchors, info)
 
 
-def _copy_or_group(results: list[TileResult], canvas: Canvas, plan: "TilePlan", dtype: np.dtype,
-                   info: FrameInfo) -> list[Window]:
-    """Write the pixels tiles handed over; return the groups of cut clusters nobody resolved."""
+def _copy_or_pieces(results: list[TileResult], canvas: Canvas, plan: "TilePlan", dtype: np.dtype,
+                    info: FrameInfo) -> list[tuple[Window, np.ndarray]]:
+    """Write the pixels tiles handed over; return the cut clusters' pieces nobody resolved (their
+    box and core pixels), in a fixed order."""
     flat = np.concatenate([r.shared[0] for r in results]) if results else np.zeros(0, np.int64)
     vals = np.concatenate([r.shared[1] for r in results]) if results else np.zeros(0, dtype)
     flat, first = np.unique(flat, return_index=True)
     write_pixels(canvas, flat, vals[first].astype(dtype), plan.frame_shape, plan.tile)
-    boxes = []
+    pieces = []
     for r in results:
         for box, pix in r.unresolved:
             if np.isin(pix, flat, assume_unique=False).all():
                 info.copied += 1
             else:
-                boxes.append(box)
-    return group_boxes(boxes)
+                pieces.append((tuple(int(v) for v in box), np.sort(pix)))
+    return sorted(pieces, key=lambda p: (p[0], int(p[1][0])))
 
 
-def _resegment_group(segmenter: Any, read, context, stats: Any, canvas: Canvas, plan: "TilePlan",
-                     dtype: np.dtype, g: Window, info: FrameInfo) -> np.ndarray:
-    """Re-segment a group of cut clusters in a window grown until they are resolved; write them.
+def _resegment(segmenter: Any, read, context, stats: Any, canvas: Canvas, plan: "TilePlan", dtype: np.dtype,
+               box: Window, pix: np.ndarray | None, info: FrameInfo) -> tuple[np.ndarray, np.ndarray]:
+    """Re-segment the clusters holding the pixels ``pix`` (None: every cluster of ``box``) in a
+    window grown around ``box`` until they are resolved; write them.
 
-    The window grows by at least a whole tile per step, so a chain of clusters across a frame
-    needs few steps; the whole frame always resolves (nothing is cut there).
+    Only those clusters must be resolved, not every cluster the window meets: a piece's window
+    never has to grow because of a neighbour. The growth doubles, so a cluster as large as a
+    clump needs a few small windows, and the whole frame (nothing cut) always resolves.
+
+    Returns the provisional ids of their objects and the frame pixels written (sorted).
     """
     Y, X = plan.frame_shape
-    step, grow = max(segmenter.halo, 1), segmenter.halo
+    step = max(segmenter.halo, 1)
+    grow = [step] * 4  # top, bottom, left, right
     while True:
-        window = (max(0, g[0] - grow), min(Y, g[1] + grow), max(0, g[2] - grow), min(X, g[3] + grow))
+        window = (max(0, box[0] - grow[0]), min(Y, box[1] + grow[1]), max(0, box[2] - grow[2]), min(X, box[3] + grow[3]))
         ctx = context(window)
         w = segment_window(segmenter, read(window), stats, ctx)
-        gy0, gy1, gx0, gx1 = g[0] - window[0], g[1] - window[0], g[2] - window[2], g[3] - window[2]
-        ids = np.unique(w.clusters[gy0:gy1, gx0:gx1])
-        ids = ids[ids > 0]
-        if w.resolved[ids].all() or ctx.is_whole_frame:
+        ids = _own_clusters(w.clusters, window, box, pix, X)
+        cut = _sides_cutting(w.clusters, ids, ctx.artificial, step)
+        if not cut or ctx.is_whole_frame:
             break
-        grow += max(step, *plan.tile)
+        for side in cut:  # only towards where the clusters still reach a cut
+            grow[side] = 2 * grow[side] + step
     if window == (0, Y, 0, X):
         info.whole_frame = True
     info.regions += 1
     info.largest_merge_px = max(info.largest_merge_px, (window[1] - window[0]) * (window[3] - window[2]))
-    # objects of the group's clusters: every pixel of them, wherever it lies in the window
-    in_group = np.zeros(int(w.clusters.max()) + 1, bool)
-    in_group[ids] = True
+    # objects of those clusters: every pixel of them, wherever it lies in the window
+    own = np.zeros(int(w.clusters.max()) + 1, bool)
+    own[ids] = True
     sel = w.keep.copy()
     if w.local.max() > 0:
         obj_cluster = ndi.maximum(w.clusters, w.local, index=np.arange(1, int(w.local.max()) + 1)).astype(np.int64)
-        sel[1:] &= in_group[obj_cluster]
+        sel[1:] &= own[obj_cluster]
     prov, anc = provisional_ids(w.local, sel, (window[0], window[2]), X, dtype)
     region = canvas.read(window)
-    cover = in_group[w.clusters]
+    cover = own[w.clusters]
     region[cover] = prov[cover]
     canvas.write(window, region)
-    return anc
+    ys, xs = np.nonzero(cover)
+    return anc, np.sort((ys + window[0]).astype(np.int64) * X + (xs + window[2]))
+
+
+def _sides_cutting(cluster_labels: np.ndarray, ids: np.ndarray, artificial: tuple[bool, bool, bool, bool],
+                   margin: int) -> list[int]:
+    """Sides (0 top, 1 bottom, 2 left, 3 right) whose artificial band of ``margin`` holds one of ``ids``."""
+    H, W = cluster_labels.shape
+    bands = (cluster_labels[:margin], cluster_labels[max(0, H - margin):], cluster_labels[:, :margin],
+             cluster_labels[:, max(0, W - margin):])
+    return [side for side, band in enumerate(bands) if artificial[side] and np.isin(band, ids).any()]
+
+
+def _own_clusters(cluster_labels: np.ndarray, window: Window, box: Window, pix: np.ndarray | None,
+                  X: int) -> np.ndarray:
+    """Cluster ids (in the window) at the frame pixels ``pix``, or of every cluster meeting ``box``."""
+    if pix is None:
+        y0, y1, x0, x1 = box[0] - window[0], box[1] - window[0], box[2] - window[2], box[3] - window[2]
+        ids = np.unique(cluster_labels[y0:y1, x0:x1])
+    else:
+        ids = np.unique(cluster_labels[pix // X - window[0], pix % X - window[2]])
+    return ids[ids > 0]

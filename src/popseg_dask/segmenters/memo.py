@@ -1,0 +1,70 @@
+"""A per-process memo of window arrays, keyed by digests of everything they depend on.
+
+A tiled frame's window is looked at up to three times (the rounds of frame facts, then the
+segmentation), usually by the same worker process: the filtered mask and the distance map need
+not be computed again. Keys are digests of the inputs' *contents* (pixels, frame facts,
+position), never object identities, so a hit is always the array the computation would give; a
+miss (another worker, an evicted entry) only recomputes. Cached arrays are read-only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections import OrderedDict
+from typing import Any, Callable
+
+import numpy as np
+
+__all__ = ["WindowMemo", "digest"]
+
+
+def digest(*parts: Any) -> bytes:
+    """A 128-bit digest of arrays (dtype, shape and bytes) and plain values (their repr)."""
+    h = hashlib.blake2b(digest_size=16)
+    for p in parts:
+        if isinstance(p, np.ndarray):
+            h.update(f"{p.dtype.str}{p.shape}".encode())
+            h.update(np.ascontiguousarray(p).data)
+        else:
+            h.update(repr(p).encode())
+        h.update(b"|")
+    return h.digest()
+
+
+class WindowMemo:
+    """Least-recently-used arrays (or tuples of arrays), bounded in bytes; thread-safe."""
+
+    def __init__(self, max_bytes: int = 256 * 2**20):
+        self.max_bytes = max_bytes
+        self._items: OrderedDict[bytes, tuple[Any, int]] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def get(self, key: bytes, compute: Callable[[], Any]) -> Any:
+        """The value stored under ``key``, or ``compute()`` stored there (made read-only)."""
+        with self._lock:
+            hit = self._items.get(key)
+            if hit is not None:
+                self._items.move_to_end(key)
+                return hit[0]
+        value = compute()
+        arrays = value if isinstance(value, tuple) else (value,)
+        size = sum(a.nbytes for a in arrays)
+        for a in arrays:
+            a.flags.writeable = False
+        if size > self.max_bytes // 4:  # a window this large is not worth holding
+            return value
+        with self._lock:
+            if key not in self._items:
+                self._items[key] = (value, size)
+                self._bytes += size
+            while self._bytes > self.max_bytes and self._items:
+                _, (_, old) = self._items.popitem(last=False)
+                self._bytes -= old
+        return value
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+            self._bytes = 0

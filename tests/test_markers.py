@@ -1,0 +1,128 @@
+"""Watershed markers as a frame fact (popseg_dask.segmenters.markers): the tiles' candidates,
+spaced once per frame, are exactly the whole frame's peaks; what cannot be certified falls back."""
+
+import numpy as np
+import pytest
+import zarr
+
+from popseg_dask._engine.frame import segment_frame
+from popseg_dask._engine.worker import window_context
+from popseg_dask.dense import DENSE_CONFIG, dense_movie
+from popseg_dask.segmenters.markers import clamp_safe, greedy_spacing
+from popseg_dask.segmenters.memo import WindowMemo, digest
+from popseg_dask.segmenters.threshold import FrameFacts, ThresholdSegmenter, distance_to_background
+from popseg_dask.stitch import canonical_relabel
+from popseg_dask.tiling import tile_policy
+
+DENSE = {**{k: v for k, v in DENSE_CONFIG["populations"]["nuclei"].items() if k != "segmenter"}, "channel": 0}
+
+
+def _tiled_markers(seg, frame, tile):
+    """The frame's markers as the engine reduces them, round by round, tile by tile."""
+    seg, plan = tile_policy(seg, frame.shape[-2:], tile)
+    aux = zarr.create_array(store=zarr.storage.MemoryStore(), shape=(1, *frame.shape[-2:]), chunks=(1, *plan.tile),
+                            dtype=np.int32, fill_value=0)
+    stats = None
+    for r in range(seg.tile_stats_rounds):
+        parts = []
+        for t in plan:
+            y0, y1, x0, x1 = t.window
+            ctx = window_context(t.window, frame.shape[-2:], aux if r else None, 0)
+            part, core_aux = seg.tile_stats(frame[:, y0:y1, x0:x1], stats, ctx, t.core_in_window)
+            if core_aux is not None:
+                c = t.core
+                aux[0, c[0]:c[1], c[2]:c[3]] = core_aux
+            parts.append(part)
+        stats = seg.reduce_tile_stats(parts, stats, plan)
+    return stats
+
+
+def _whole_frame_peaks(seg, frame):
+    ctx = window_context((0, frame.shape[1], 0, frame.shape[2]), frame.shape[-2:])
+    unfilled = seg._binary(frame, FrameFacts(), ctx, fill=False)
+    whole = (slice(0, unfilled.shape[0]), slice(0, unfilled.shape[1]))
+    stats = seg.reduce_tile_stats([seg._partial(unfilled, ctx, whole, holes=False)[0]], FrameFacts())
+    binary = seg._fill(unfilled, stats, ctx) if seg.params.fill_holes else unfilled
+    peaks, _ = seg._peaks(distance_to_background(binary), binary, stats, ctx)
+    return np.argwhere(peaks)
+
+
+@pytest.mark.parametrize("fill", [True, False])
+@pytest.mark.parametrize("tile", [96, 160])
+def test_tiles_find_exactly_the_whole_frames_markers(fill, tile):
+    frame = dense_movie(1, 384, seed=5, source="drawn")[0]
+    seg = ThresholdSegmenter.from_config({**DENSE, "thresholds": [60, float("inf")], "fill_holes": fill}, ["0"])
+    assert seg.tile_stats_rounds == (2 if fill else 1)
+    stats = _tiled_markers(seg, frame, tile)
+    assert not stats.whole, "a dense field of small nuclei must not fall back to the whole frame"
+    ref = _whole_frame_peaks(seg, frame)
+    assert len(ref) > 20
+    got = stats.markers[np.lexsort((stats.markers[:, 1], stats.markers[:, 0]))]
+    assert np.array_equal(got, ref)
+
+
+def test_a_real_dense_field_needs_small_merges_and_no_fallback():
+    """The tile benchmark's real field (DSB 2018 nuclei from StarDist's package data, at the
+    density it claims): tiled == untiled, and merges cover the clumps a cut crosses, not the field."""
+    pytest.importorskip("stardist", reason="the dsb2018 image ships with the stardist extra")
+    frame = dense_movie(1, 1024, seed=3)[0]
+    seg = ThresholdSegmenter.from_config(DENSE, ["0"])
+    ref = canonical_relabel(seg(frame))[0]
+    assert ref.max() >= 500, "at least 2 000 nuclei per 2048² frame, i.e. 500 per 1024²"
+    for tile in (256, 512):
+        got, info = segment_frame(seg, frame, tile=tile)
+        assert np.array_equal(got, ref), info
+        assert not info.whole_frame and info.largest_merge_px < 0.02 * frame[0].size, info
+
+
+def test_objects_wider_than_the_padding_fall_back_to_the_whole_frame_exactly():
+    """A blob whose distance map reaches past the window cannot be certified: the frame runs whole."""
+    frame = dense_movie(1, 384, seed=1, source="drawn")[0].copy()
+    yy, xx = np.mgrid[:384, :384]
+    frame[0][(yy - 190) ** 2 + (xx - 190) ** 2 < 70 ** 2] = 400
+    seg = ThresholdSegmenter.from_config({**DENSE, "thresholds": [60, float("inf")], "max_object_px": 10}, ["0"])
+    ref = canonical_relabel(seg(frame))[0]
+    got, info = segment_frame(seg, frame, tile=96)
+    assert info.whole_frame and np.array_equal(got, ref)
+    # padded for it, the same frame stays tiled
+    seg = ThresholdSegmenter.from_config({**DENSE, "thresholds": [60, float("inf")], "max_object_px": 150}, ["0"])
+    got, info = segment_frame(seg, frame, tile=128)
+    assert not info.whole_frame and np.array_equal(got, ref)
+
+
+def test_footprints_that_clamp_differently_run_whole_when_the_box_matters():
+    assert clamp_safe(np.ones((9, 9))) and clamp_safe(np.ones((20, 20)))
+    disc = np.hypot(*np.mgrid[-3:4, -3:4]) <= 3
+    assert clamp_safe(disc) and clamp_safe(np.array([[0, 1, 0], [1, 1, 1], [0, 1, 0]]))
+    ring = np.ones((3, 3), bool)
+    ring[1, 1] = False
+    assert not clamp_safe(ring)
+    frame = np.full((1, 200, 200), 50, np.uint16)
+    frame[0, 60:90, 60:100] = 300          # the foreground's box is far from the largest search box
+    frame[0, 120:150, 110:160] = 300
+    seg = ThresholdSegmenter.from_config({**DENSE, "thresholds": [100, float("inf")], "marker_footprint": ring.astype(int).tolist()}, ["0"])
+    ref = canonical_relabel(seg(frame))[0]
+    got, info = segment_frame(seg, frame, tile=64)
+    assert info.whole_frame and np.array_equal(got, ref)
+
+
+def test_greedy_spacing_keeps_in_order_and_spaces():
+    pts = np.array([[0, 0], [0, 3], [0, 6], [10, 10], [10, 12]])
+    assert greedy_spacing(pts, 4).tolist() == [[0, 0], [0, 6], [10, 10]]
+    # a chain: the second suppresses nothing once the first has suppressed it
+    assert greedy_spacing(np.array([[0, 3], [0, 0], [0, 6]]), 4).tolist() == [[0, 3]]
+
+
+def test_window_memo_is_bounded_read_only_and_keyed_by_content():
+    memo = WindowMemo(max_bytes=4 * 800)
+    a = np.arange(100, dtype=np.int64)
+    k = digest(a, (0, 0))
+    first = memo.get(k, lambda: a * 2)
+    assert not first.flags.writeable
+    assert memo.get(k, lambda: pytest.fail("a hit must not recompute")) is first
+    assert digest(a, (0, 1)) != k and digest(a + 1, (0, 0)) != k
+    for i in range(8):  # 800 bytes each: the oldest are evicted
+        memo.get(digest(i), lambda: np.zeros(100))
+    calls = []
+    memo.get(k, lambda: calls.append(1) or a * 2)
+    assert calls == [1]
