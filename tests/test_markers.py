@@ -126,3 +126,30 @@ def test_window_memo_is_bounded_read_only_and_keyed_by_content():
     calls = []
     memo.get(k, lambda: calls.append(1) or a * 2)
     assert calls == [1]
+
+
+def test_a_run_says_which_population_fell_back_and_what_keeps_it_tiled(tmp_path, client2):
+    """A real run on 2 workers: frames with objects wider than the padding are segmented whole,
+    counted in the record, equal to the untiled run, and the run names the key to raise."""
+    from conftest import read_labels
+
+    from popseg_dask.config import parse_config
+    from popseg_dask.io.images import write_ome_zarr_image
+    from popseg_dask.pipeline import run
+
+    movie = dense_movie(2, 384, seed=1, source="drawn").copy()
+    yy, xx = np.mgrid[:384, :384]
+    movie[1, 0][(yy - 190) ** 2 + (xx - 190) ** 2 < 70 ** 2] = 400   # frame 1 only
+    write_ome_zarr_image(tmp_path / "m.ome.zarr", movie, ("nuclei",), pixel_size_um=0.5)
+    pop = {**DENSE, "segmenter": "threshold", "channel": "nuclei", "thresholds": [60, float("inf")],
+           "max_object_px": 30}
+    said: list[str] = []
+    recs = {}
+    for tile in (96, "none"):
+        cfg = parse_config({"input": "m.ome.zarr", "output": f"out-{tile}.zarr",
+                            "populations": {"nuclei": {**pop, "tile": tile}}}, tmp_path)
+        recs[tile] = run(cfg, client=client2, echo=said.append)
+    assert recs[96]["populations"]["nuclei"]["whole_frame_fallbacks"] == 1
+    hint = [m for m in said if "segmented whole" in m]
+    assert len(hint) == 1 and "population nuclei: 1 frame(s)" in hint[0] and "max_object_px" in hint[0]
+    assert np.array_equal(read_labels(tmp_path / "out-96.zarr", "nuclei"), read_labels(tmp_path / "out-none.zarr", "nuclei"))
