@@ -43,7 +43,7 @@ def _whole_frame_peaks(seg, frame):
     whole = (slice(0, unfilled.shape[0]), slice(0, unfilled.shape[1]))
     stats = seg.reduce_tile_stats([seg._partial(unfilled, ctx, whole, holes=False)[0]], FrameFacts())
     binary = seg._fill(unfilled, stats, ctx) if seg.params.fill_holes else unfilled
-    peaks, _ = seg._peaks(distance_to_background(binary), binary, stats, ctx)
+    peaks = seg._peaks(distance_to_background(binary), binary, stats, ctx)
     return np.argwhere(peaks)
 
 

@@ -247,8 +247,7 @@ class Location:
 
         if self.is_local:
             return LocalStore(self.url, read_only=read_only)
-        # a fresh file system: fsspec's instance cache would hand back one made before the
-        # environment's credentials were set
+        # this process's file system for these options and credential environment (see _filesystem)
         fs = _filesystem(self.scheme, self.options, asynchronous=True)
         if not fs.async_impl:  # memory://: zarr drives file systems through asyncio
             from fsspec.implementations.asyn_wrapper import AsyncFileSystemWrapper

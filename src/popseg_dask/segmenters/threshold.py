@@ -440,7 +440,7 @@ class ThresholdSegmenter(Segmenter):
 
         if key is None:
             return compute()
-        if self.params.fill_holes and not ctx.is_whole_frame:
+        if self.params.fill_holes:
             key = digest(key, ctx.aux, stats.holes, stats.hole_offsets, stats.tile, stats.grid_cols)
         return _MEMO.get(key + b"filled", compute)
 
@@ -448,7 +448,6 @@ class ThresholdSegmenter(Segmenter):
         cy, cx = core
         oy, ox = ctx.origin
         Y, X = ctx.frame_shape
-        md = self.params.marker_min_distance
         sub = binary[cy, cx]
         gy0, gx0 = oy + cy.start, ox + cx.start
         edge = np.zeros(sub.shape, bool)
@@ -462,10 +461,11 @@ class ThresholdSegmenter(Segmenter):
             edge[:, -1] = True
         # After hole filling, background remains iff some frame-edge pixel is background.
         part: dict[str, Any] = {"has_bg": bool((edge & ~sub).any()), "box": None}
-        # skimage's peak search looks only at the box of the foreground inside a strip of
-        # min_distance along the frame edge; the box is a frame-wide fact.
-        yy0, yy1 = max(md - gy0, 0), min(Y - md - gy0, sub.shape[0])
-        xx0, xx1 = max(md - gx0, 0), min(X - md - gx0, sub.shape[1])
+        # skimage's peak search looks only at the box of the foreground inside its search box (the
+        # frame less a strip of min_distance); that box is a frame-wide fact.
+        b0, b1, c0, c1 = search_box((Y, X), self.params.marker_min_distance)
+        yy0, yy1 = max(b0 - gy0, 0), min(b1 - gy0, sub.shape[0])
+        xx0, xx1 = max(c0 - gx0, 0), min(c1 - gx0, sub.shape[1])
         if yy0 < yy1 and xx0 < xx1:
             inner = sub[yy0:yy1, xx0:xx1]
             if inner.any():
@@ -535,17 +535,17 @@ class ThresholdSegmenter(Segmenter):
             # a whole frame is its own single tile: its facts come from the mask just computed
             whole = (slice(0, binary.shape[0]), slice(0, binary.shape[1]))
             stats = self.reduce_tile_stats([self._partial(binary, ctx, whole, holes=False)[0]], stats)
-        vote = False
         if self.params.do_watershed:
             binary, distance = self._filled_distance(binary, key, stats, ctx)
-            labels, vote = self._watershed(binary, distance, stats, ctx)
+            labels = self._watershed(binary, distance, stats, ctx)
         else:
             if self.params.fill_holes:
                 binary = self._fill(binary, stats, ctx)
             labels, _ = ndi.label(binary.astype(int))
         if self.queries:
             labels = self._remove_matching(labels, block, ctx)
-        return labels, binary, vote
+        # no whole-frame vote: a 'trivial' frame is found by the reduction (.markers)
+        return labels, binary, False
 
     @staticmethod
     def _fill(binary, stats, ctx) -> np.ndarray:
@@ -584,22 +584,21 @@ class ThresholdSegmenter(Segmenter):
             binary = self._fill(binary, stats, ctx)
         return binary
 
-    def _peaks(self, distance, binary, stats, ctx) -> tuple[np.ndarray, bool]:
+    def _peaks(self, distance, binary, stats, ctx) -> np.ndarray:
         """skimage's ``peak_local_max(distance, footprint, labels=binary, min_distance)`` on the frame.
 
         A window takes the frame's markers (:mod:`.markers`); a whole frame finds them itself,
-        the frame-wide search box coming from ``stats``. The second value (a whole-frame vote)
-        is always False: a 'trivial' frame is found by the reduction.
+        the frame-wide search box coming from ``stats``.
         """
         if stats.markers is not None:
-            return markers_in_window(stats.markers, ctx.origin, binary.shape), False
+            return markers_in_window(stats.markers, ctx.origin, binary.shape)
         if not ctx.is_whole_frame:
             raise RuntimeError("a watershed window needs the frame's markers: run tile_stats and "
                                "reduce_tile_stats first")
         p, roi = self.params, stats.roi
         peaks = np.zeros(binary.shape, bool)
         if roi is None:
-            return peaks, False
+            return peaks
         y0, y1, x0, x1 = roi
         footprint = self.footprint
         img, mask = distance[y0:y1, x0:x1], binary[y0:y1, x0:x1]
@@ -614,20 +613,19 @@ class ThresholdSegmenter(Segmenter):
             order = np.argsort(-img[out], kind="stable")
             coords = greedy_spacing(coords[order], p.marker_min_distance)
         peaks[coords[:, 0] + y0, coords[:, 1] + x0] = True
-        return peaks, False
+        return peaks
 
-    def _watershed(self, binary: np.ndarray, distance: np.ndarray, stats, ctx) -> tuple[np.ndarray, bool]:
+    def _watershed(self, binary: np.ndarray, distance: np.ndarray, stats, ctx) -> np.ndarray:
         from skimage.segmentation import watershed
 
-        peaks, vote = self._peaks(distance, binary, stats, ctx)
-        markers, _ = ndi.label(peaks)
+        markers, _ = ndi.label(self._peaks(distance, binary, stats, ctx))
         if self.params.watershed_ties == "celldetective":
             labels = watershed(-distance, markers, mask=binary)
         else:
             labels = flood_components(-distance, markers, binary)
         if self.params.fill_holes:
             labels = fill_label_holes(labels)
-        return labels, vote
+        return labels
 
     def _remove_matching(self, labels: np.ndarray, block: np.ndarray, ctx) -> np.ndarray:
         from skimage.measure import regionprops_table

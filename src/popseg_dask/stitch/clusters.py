@@ -2,8 +2,9 @@
 
 A segmenter run on a padded window is exact for a *cluster* — support pixels linked within the
 segmenter's ``link`` (see :func:`clusters`) — whose pixels all lie at least ``margin`` pixels from
-every artificial window edge (:func:`resolved_clusters`). Boxes of cut clusters are grouped
-(:func:`group_boxes`) so that one re-segmentation window covers every piece of a group.
+every artificial window edge (:func:`resolved_clusters`). :func:`group_boxes` unions
+overlapping boxes; the merge no longer uses it (it re-segments piece by piece, see
+:mod:`.resolve`: grouping by box chained unrelated clusters along a cut).
 """
 
 from __future__ import annotations
