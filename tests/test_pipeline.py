@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import yaml
@@ -127,13 +128,20 @@ def test_cli_run_and_inspect(demo_dir, capsys):
     assert "nothing to do" in out and "done in" not in out
     assert {p: p.stat().st_mtime_ns for p in labels.rglob("*") if p.is_file()} == stamp
     np.testing.assert_array_equal(zarr.open_array(str(labels), mode="r")[...], before)
-    # another config must not silently replace it either
+    # another tile size cannot change a threshold population's labels: nothing is recomputed
     cfg = yaml.safe_load((demo_dir / "run.yaml").read_text())
     cfg["populations"]["targets"]["tile"] = 64
     (demo_dir / "other.yaml").write_text(yaml.safe_dump(cfg))
-    assert main(["run", str(demo_dir / "other.yaml"), "--quiet"]) == 2
+    assert main(["run", str(demo_dir / "other.yaml"), "--quiet"]) == 0
+    assert "population targets: kept" in capsys.readouterr().out
+    assert {p: p.stat().st_mtime_ns for p in labels.rglob("*") if p.is_file()} == stamp
+    # labels of another movie must not be replaced by accident
+    shutil.copytree(demo_dir / "movie.ome.zarr", demo_dir / "copy.ome.zarr")
+    (demo_dir / "copy.yaml").write_text(yaml.safe_dump({**cfg, "input": "copy.ome.zarr"}))
+    assert main(["run", str(demo_dir / "copy.yaml"), "--quiet"]) == 2
     err = capsys.readouterr().err
-    assert "another configuration" in err and "--overwrite" in err
+    assert "labels of another input" in err and "--overwrite" in err
+    assert {p: p.stat().st_mtime_ns for p in labels.rglob("*") if p.is_file()} == stamp
 
 
 def test_demo_scores_both_populations(tmp_path, capsys):

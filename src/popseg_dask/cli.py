@@ -30,9 +30,11 @@ def _cmd_run(args) -> int:
         return _run_screen(config, screen, args)
     record = run(
         config, scheduler=args.scheduler, cluster=args.cluster, security=_security(args), n_workers=args.workers,
-        gpu_workers=args.gpu_workers, in_place=args.in_place,
-        overwrite=args.overwrite, progress=not args.quiet, echo=print,
+        gpu_workers=args.gpu_workers, in_place=args.in_place, overwrite=args.overwrite, prune=args.prune,
+        dry_run=args.dry_run, progress=not args.quiet, echo=print,
     )
+    if args.dry_run:
+        return 0
     _print_summary(record, args.config)
     output = record["output"]
     if args.measure:
@@ -51,7 +53,9 @@ def _run_screen(config, screen, args) -> int:
     with open_client(args.scheduler, cluster=args.cluster, n_workers=args.workers, gpu_workers=args.gpu_workers,
                      security=_security(args)) as client:
         summary = run_screen(config, screen, client=client, overwrite=args.overwrite, in_place=args.in_place,
-                             progress=not args.quiet, echo=print)
+                             progress=not args.quiet, prune=args.prune, dry_run=args.dry_run, echo=print)
+    if args.dry_run:
+        return 0
     done = sum(1 for p in summary["positions"].values() if p["status"] == "done")
     print(f"screen done in {summary['seconds']:.1f} s: {done} position(s) segmented, "
           f"{len(summary['positions']) - done} already up to date; summary: {screen.root / 'screen.json'}")
@@ -285,7 +289,11 @@ def _add_run_commands(sub) -> None:
     r.add_argument("--gpu-workers", type=int, metavar="N",
                    help="embedded workers with one GPU each (default: one per GPU found; 0: none)")
     r.add_argument("--in-place", action="store_true", help="write labels inside the input OME-Zarr")
-    r.add_argument("--overwrite", action="store_true", help="replace existing output")
+    r.add_argument("--overwrite", action="store_true",
+                   help="replace the existing output (default: recompute only populations whose labels can change)")
+    r.add_argument("--prune", action="store_true", help="delete labels of populations the config no longer names")
+    r.add_argument("--dry-run", action="store_true",
+                   help="say which populations would be kept, recomputed or added, and stop")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
     r.add_argument("--measure", action="store_true", help="measure every object afterwards (Parquet)")
     r.add_argument("--report", action="store_true", help="write the QC report afterwards")

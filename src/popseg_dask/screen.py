@@ -141,9 +141,12 @@ def find_positions(config: RunConfig) -> Screen | None:
 
 
 def run_screen(config: RunConfig, screen: Screen, *, client, overwrite: bool = False,
-               in_place: bool = False, progress: bool = False,
+               in_place: bool = False, progress: bool = False, prune: bool = False, dry_run: bool = False,
                echo: Callable[[str], None] = lambda m: None) -> dict[str, Any]:
     """Run every position on ``client``; finished positions are skipped, failed ones reported.
+
+    ``prune`` and ``dry_run`` are :func:`popseg_dask.pipeline.run`'s, per position (a dry run
+    writes no summary).
 
     Returns the screen summary (also written to ``<output>/screen.json``).
 
@@ -165,11 +168,15 @@ def run_screen(config: RunConfig, screen: Screen, *, client, overwrite: bool = F
         cfg = config.model_copy(update=update)
         echo(f"[{i}/{len(positions)}] {pos.name}")
         try:
-            rec = run(cfg, client=client, overwrite=overwrite, in_place=in_place, progress=progress, echo=echo)
+            rec = run(cfg, client=client, overwrite=overwrite, in_place=in_place, progress=progress, echo=echo,
+                      prune=prune, dry_run=dry_run)
         except PopsegError as err:
             failed.append(pos.name)
             summary["positions"][pos.name] = {"status": "failed", "error": str(err), "input": pos.input.url}
             echo(f"  {pos.name}: error: {err}")
+            continue
+        if dry_run:
+            summary["positions"][pos.name] = {"status": "dry run", "decisions": rec["decisions"]}
             continue
         summary["positions"][pos.name] = {
             "status": "up to date" if rec.get("up_to_date") else "done", "output": rec.get("output"),
@@ -178,7 +185,7 @@ def run_screen(config: RunConfig, screen: Screen, *, client, overwrite: bool = F
         }
     summary["seconds"] = time.perf_counter() - t0
     summary["failed"] = failed
-    if not in_place:
+    if not in_place and not dry_run:
         (screen.root / "screen.json").write_bytes(json.dumps(summary, indent=1, default=str).encode())
     if failed:
         raise PopsegError(f"{len(failed)} of {len(positions)} position(s) failed ({', '.join(failed[:5])}"

@@ -23,7 +23,6 @@ from ..config import RunConfig
 from ..errors import PopsegError
 from ..io.labels import LabelGrid
 from ..io.layout import OutputLayout, default_output
-from ..io.ledger import fingerprint
 from ..io.movie import open_movie
 from ..location import Location
 from ..segmenters import Segmenter, build_segmenter
@@ -144,16 +143,6 @@ class RunPlan:
     @property
     def input(self) -> Location:
         return self.config.location(self.config.input)
-
-    def fingerprint(self) -> str:
-        """What must not change for a run to be resumed: input, config (not its output), tile plans."""
-        cfg = self.config.model_dump(mode="json")
-        cfg.pop("output", None)
-        return fingerprint({
-            "input": self.input.url, "config": cfg,
-            "shape": [int(v) for v in self.movie.shape],
-            "tiles": {j.name: [list(j.tiles.tile), j.tiles.halo] for j in self.jobs},
-        })
 
     def for_cluster(self, facts: ClusterFacts) -> "RunPlan":
         """This plan on a cluster: devices, frames per task and frames in flight decided.

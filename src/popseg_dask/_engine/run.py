@@ -11,16 +11,13 @@
 
 Ids are therefore unique across the movie, ordered by (frame, first pixel), and the output is
 bitwise identical whatever the tile size, the number of workers or the order tasks ran in. A
-re-run of the same config skips recorded frames; another config is refused.
+re-run computes only the populations whose labels can change (:mod:`.lineage`, :mod:`.prepare`)
+and, of an interrupted run's populations, only the frames not recorded yet.
 """
 
 from __future__ import annotations
 
-import functools
-import platform
 import time
-import uuid
-from dataclasses import dataclass, field
 from typing import Callable
 
 import dask
@@ -28,17 +25,15 @@ import numpy as np
 
 from ..cluster import open_client
 from ..config import RunConfig
-from ..io.labels import LabelGrid, LabelStore, create_scratch, relative_source
-from ..errors import PopsegError
-from ..io.identity import changed_frames, frame_tokens
+from ..io.labels import LabelGrid, create_scratch, relative_source
 from ..io.lease import Lease
-from ..io.ledger import Ledger
 from ..io.record import PopulationRecord, RunRecord
 from ..stitch import FrameInfo, frame_offsets, label_dtype_for
 from .direct import DirectChain
 from .graph import FrameSlicer, PassArrays, number_graph, segment_graph
 from .worker import ArrayRef
 from .plan import DIRECT_DTYPE, ClusterFacts, RunPlan, plan_run, shard_units
+from .prepare import RunState, done_frames, input_tokens, prepare_output, reuse, same_input
 from .submit import Progress, run_progressively
 
 __all__ = ["run", "execute"]
@@ -48,7 +43,8 @@ Echo = Callable[[str], None]
 
 def run(config: RunConfig, *, scheduler: str | None = None, cluster: str | None = None, security=None,
         n_workers: int | None = None, gpu_workers: int | None = None, in_place: bool = False,
-        overwrite: bool = False, progress: bool = False, client=None, echo: Echo = lambda msg: None) -> RunRecord:
+        overwrite: bool = False, prune: bool = False, dry_run: bool = False, progress: bool = False, client=None,
+        echo: Echo = lambda msg: None) -> RunRecord:
     """Segment every population of a movie and write globally numbered labels.
 
     Parameters
@@ -68,7 +64,12 @@ def run(config: RunConfig, *, scheduler: str | None = None, cluster: str | None 
     in_place : bool
         Write the labels inside the input OME-Zarr image.
     overwrite : bool
-        Replace an existing output (or existing labels of these populations in place).
+        Replace an existing output (or existing labels of these populations in place). Without
+        it, a run of an existing output computes only the populations whose labels can change.
+    prune : bool
+        Delete the labels of populations the config no longer names (default: kept, reported).
+    dry_run : bool
+        Say what would be kept, recomputed or added (one line per population) and stop.
     progress : bool
         Show a progress bar.
     client : distributed.Client, optional
@@ -83,35 +84,22 @@ def run(config: RunConfig, *, scheduler: str | None = None, cluster: str | None 
     """
     t0 = time.perf_counter()
     plan = plan_run(config, in_place=in_place)
+    if dry_run:
+        decisions, _ = reuse(plan, input_tokens(plan), overwrite=overwrite, prune=prune)
+        for d in decisions:
+            echo(d.line())
+        return {"dry_run": True, "output": str(plan.output),
+                "decisions": {d.population: {"action": d.action, "changed": list(d.changed)} for d in decisions}}
     # Connect before touching the output: a cluster that cannot be reached leaves nothing behind.
     if client is not None:
-        return execute(client, plan, overwrite=overwrite, progress=progress, echo=echo, t0=t0)
+        return execute(client, plan, overwrite=overwrite, prune=prune, progress=progress, echo=echo, t0=t0)
     with open_client(scheduler, cluster=cluster, n_workers=n_workers, gpu_workers=gpu_workers,
                      security=security) as c:
-        return execute(c, plan, overwrite=overwrite, progress=progress, echo=echo, t0=t0)
+        return execute(c, plan, overwrite=overwrite, prune=prune, progress=progress, echo=echo, t0=t0)
 
 
-@dataclass
-class RunState:
-    """What the steps of one run share: its output store, ledger and record, and what its tasks
-    reported (frame facts, frames computed per population)."""
-
-    plan: RunPlan
-    store: LabelStore
-    ledger: Ledger
-    record: RunRecord
-    fresh: bool
-    run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
-    seen: dict[tuple[str, int], FrameInfo] = field(default_factory=dict)
-    computed: dict[str, int] = field(default_factory=dict)
-    lease: Lease | None = None
-    tokens: list[str] | None = None
-    # directly numbered frames of an earlier run of this output (resuming), by population: read once
-    known: dict[str, dict[int, FrameInfo]] = field(default_factory=dict)
-
-
-def execute(client, plan: RunPlan, *, overwrite: bool = False, progress: bool = False, echo: Echo = lambda m: None,
-            t0: float | None = None) -> RunRecord:
+def execute(client, plan: RunPlan, *, overwrite: bool = False, prune: bool = False, progress: bool = False,
+            echo: Echo = lambda m: None, t0: float | None = None) -> RunRecord:
     """Run a plan on a connected client (see :func:`run`), holding the output's lease throughout."""
     t0 = time.perf_counter() if t0 is None else t0
     plan = plan.for_cluster(ClusterFacts.of(client))
@@ -121,12 +109,12 @@ def execute(client, plan: RunPlan, *, overwrite: bool = False, progress: bool = 
     lease = Lease(plan.layout.lease)
     lease.acquire(echo)  # before anything in the output is read for resuming, or deleted
     try:
-        state = prepare_output(plan, overwrite)
+        state = prepare_output(plan, overwrite, prune, echo)
         if isinstance(state, dict):
-            echo(f"nothing to do: {plan.output} already holds this run, complete (pass --overwrite to redo it)")
+            echo(f"nothing to do: {plan.output} already holds these labels, complete (pass --overwrite to redo them)")
             return {**state, "up_to_date": True}
         state.lease = lease
-        announce(client, plan, echo)
+        announce(client, state.plan, echo)
         timings = {"plan_s": time.perf_counter() - t0}
         t1 = time.perf_counter()
         segment_pass(client, state, progress, echo)
@@ -152,87 +140,12 @@ def fallback_hints(record: RunRecord, echo: Echo) -> None:
                  f"the tiles' padding of {pop['halo']} px; a larger max_object_px (or halo) keeps them tiled")
 
 
-@functools.lru_cache(maxsize=1)
-def _package_versions() -> tuple[tuple[str, str], ...]:
-    # package metadata is read from disk: once per process, not once per run (6 % of the
-    # client's time in a run of 48 frames)
-    import importlib.metadata as md
-
-    out = []
-    for pkg in ("popseg-dask", "dask", "distributed", "zarr", "numpy", "scikit-image", "scipy", "xarray"):
-        try:
-            out.append((pkg, md.version(pkg)))
-        except md.PackageNotFoundError:
-            pass
-    return tuple(out)
-
-
-def prepare_output(plan: RunPlan, overwrite: bool) -> RunState | RunRecord:
-    """Create (or reopen, resuming) the output and write the run's record, ``complete: false``.
-
-    Returns the run's state, or the stored record when the output already holds this run, complete.
-    """
-    store = LabelStore(plan.output, plan.ngff_version)
-    fp = plan.fingerprint()
-    status = store.prepare(overwrite=overwrite, in_place=plan.in_place, populations=[j.name for j in plan.jobs],
-                           fingerprint=fp)
-    if status == "complete":
-        return store.read_record()
-    ledger = Ledger(plan.layout.ledger)
-    tokens = frame_tokens(plan.movie.attrs["source"], plan.n_frames, plan.input.storage_options)
-    known: dict[str, dict[int, FrameInfo]] = {}
-    if status == "fresh":
-        ledger.clear()  # leftovers of an earlier run in the same place
-    else:
-        known = {j.name: ledger.numbered_infos(j.name, plan.n_frames) for j in plan.jobs if j.numbering == "direct"}
-        # only what already has results must be unchanged: each population's recorded frames, in
-        # the channels it reads (a repaired chunk of a frame that failed is simply computed anew)
-        before = ledger.load_input()
-        for job in plan.jobs:
-            _same_input(plan, before, tokens, job=job, only=_done(ledger, job, plan.n_frames, known))
-    ledger.save_input(tokens)
-    previous = store.read_record() if status != "fresh" else None
-    now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    record: RunRecord = {
-        "complete": False, "started": (previous or {}).get("started") or now,
-        "input": plan.input.url, "config": plan.config.model_dump(mode="json"), "fingerprint": fp,
-        "versions": {"python": platform.python_version(), **dict(_package_versions())},
-        "populations": {j.name: j.segmenter.describe() for j in plan.jobs},
-    }
-    if status == "resume":
-        record["resumed"] = (previous or {}).get("resumed", []) + [now]
-    store.write_record(record)
-    return RunState(plan, store, ledger, record, fresh=status == "fresh", tokens=tokens, known=known)
-
-
-def _same_input(plan: RunPlan, recorded: list | None, current: list | None, *, during: bool = False,
-                job=None, only: np.ndarray | None = None) -> None:
-    """Refuse to combine frames computed from different inputs (see :mod:`popseg_dask.io.identity`);
-    ``job``/``only``: a population's channels and the frames that matter (those with results)."""
-    blocks = None
-    if job is not None:
-        c_block = max(1, int(plan.movie.attrs["source"].get("c_block") or 1))
-        blocks = sorted({c // c_block for c in job.channel_index})
-    changed = changed_frames(recorded, current, blocks)
-    if changed is not None and only is not None:
-        changed = [t for t in changed if only[t]]
-    again = "run again with --overwrite to segment it afresh"
-    if changed is None:
-        raise PopsegError(f"cannot check that the input {plan.input.url} is the one the interrupted run in "
-                          f"{plan.output} started from ({plan.input.scheme}:// cannot be listed); {again}")
-    if changed:
-        shown = ", ".join(map(str, changed[:8])) + (", ..." if len(changed) > 8 else "")
-        when = "while this run was running" if during else "since the interrupted run in " + str(plan.output)
-        raise PopsegError(f"the input {plan.input.url} changed {when}: {len(changed)} frame(s) differ ({shown}); "
-                          f"its frames must not be mixed; {again}")
-
-
 def announce(client, plan: RunPlan, echo: Echo) -> None:
     if getattr(client, "dashboard_link", None):
         echo(f"dashboard: {client.dashboard_link}")
     n_t, (Y, X) = plan.n_frames, plan.frame_shape
     echo(f"movie: {n_t} frames of {Y}x{X}, channels {list(map(str, plan.movie.c.values))}; "
-         f"populations: {', '.join(j.name for j in plan.jobs)}; output: {plan.output}")
+         f"populations: {', '.join(j.name for j in plan.jobs) or 'none to compute'}; output: {plan.output}")
 
 
 def _pass_arrays(client, state: RunState, todo: dict[str, list[int]]) -> PassArrays:
@@ -256,22 +169,12 @@ def _pass_arrays(client, state: RunState, todo: dict[str, list[int]]) -> PassArr
     return arrays
 
 
-def _done(ledger: Ledger, job, n_t: int, known: dict[str, dict[int, FrameInfo]]) -> np.ndarray:
-    """Frames of a population an earlier run of this output finished (segmented or, direct,
-    numbered: ``known``, see :attr:`RunState.known`)."""
-    if job.numbering == "direct":
-        done = np.zeros(n_t, bool)
-        done[list(known.get(job.name, {}))] = True
-        return done
-    return ledger.segmented(job.name, n_t)
-
-
 def segment_pass(client, state: RunState, progress: bool, echo: Echo) -> None:
     """Segment every frame of every population that the ledger does not hold yet (and number the
     frames of directly numbered populations as it goes), all populations in one stream of work."""
     plan = state.plan
     n_t = plan.n_frames
-    todo = {j.name: np.flatnonzero(~_done(state.ledger, j, n_t, state.known)).tolist() for j in plan.jobs}
+    todo = {j.name: np.flatnonzero(~done_frames(state.ledger, j, n_t, state.known)).tolist() for j in plan.jobs}
     n_total, n_todo = n_t * len(plan.jobs), sum(len(ts) for ts in todo.values())
     state.computed = {j.name: 0 for j in plan.jobs}
     if n_todo < n_total:
@@ -325,7 +228,7 @@ def _final_labels(state: RunState, job, dtype) -> ArrayRef:
         job.name, (plan.n_frames, *plan.frame_shape), dtype,
         source_image="../../" if plan.in_place else relative_source(plan.layout.label_group(job.name), plan.input),
         scale=plan.movie.attrs["scale"], unit_to_um=plan.movie.attrs["source"].get("unit_to_um"),
-        keep=not state.fresh), state.run_id)
+        keep=job.name in state.resumed), state.run_id)
 
 
 def _direct_units(state: RunState, job, arrays: PassArrays) -> tuple[DirectChain, list[list[list[int]]]]:
@@ -397,10 +300,11 @@ def finish(client, state: RunState, populations: dict[str, PopulationRecord], ti
     """Mark each population complete, drop the run's state, write the record ``complete: true``."""
     if state.tokens is not None:  # an input replaced while this run read it: nothing is marked complete
         plan = state.plan
-        _same_input(plan, state.tokens, frame_tokens(plan.movie.attrs["source"], plan.n_frames,
-                                                     plan.input.storage_options), during=True)
+        same_input(plan, state.tokens, input_tokens(plan), during=True)
     for name, info in populations.items():
-        state.store.mark_population(name, {"complete": True, **info})
+        started = state.record["populations"][name]
+        state.store.mark_population(name, {"complete": True, "labels_from": started["labels_from"],
+                                           "fingerprint": started["fingerprint"], **info})
     state.ledger.clear()
     timings["total_s"] = time.perf_counter() - t0
     record = state.record

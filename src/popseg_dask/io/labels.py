@@ -92,19 +92,21 @@ class LabelStore:
         return [n for n in self.root.list() if n != LEASE_DIR]
 
     # ----------------------------------------------------------- creation
-    def prepare(self, *, overwrite: bool, in_place: bool, populations: list[str],
-                fingerprint: str | None = None) -> str:
-        """Create the root group, refusing to clobber results unless asked (call with the lease held).
+    def prepare(self, *, overwrite: bool, in_place: bool) -> str:
+        """Create the root group, refusing to clobber what is not a popseg output (call with the
+        lease held). With ``overwrite`` everything but the lease is deleted first; with
+        ``in_place`` the root is the input image itself and nothing is deleted here.
 
-        With ``in_place`` the root is the input image itself: only the named
-        populations' label groups may be replaced, nothing else is touched.
-
-        Returns ``"fresh"``, ``"resume"`` (an unfinished run with the same ``fingerprint`` is
-        there: its finished frames are kept) or ``"complete"`` (that run already finished).
+        Returns ``"fresh"`` (nothing of an earlier run is there) or ``"existing"`` (an earlier
+        run's output: what to keep of it is :func:`popseg_dask._engine.lineage.decide`'s to say).
         """
-        contents = [] if in_place else self._contents()
+        if in_place:
+            return "existing" if self.read_record() else "fresh"
+        contents = self._contents()
         if contents and not overwrite:
-            return self._existing_run(fingerprint)
+            if self.read_record() is None:
+                raise PopsegError(f"output {self.root} already exists; pass --overwrite to replace it or set another 'output'")
+            return "existing"
         if contents:
             if "zarr.json" not in contents and ".zgroup" not in contents:
                 raise PopsegError(
@@ -112,14 +114,6 @@ class LabelStore:
                 )
             for name in contents:  # everything but the lease this run holds
                 (self.root / name).delete()
-        if in_place:
-            for pop in populations:
-                if self.paths.label_group(pop).exists():
-                    if not overwrite:
-                        raise PopsegError(
-                            f"labels for population '{pop}' already exist in {self.root}; pass --overwrite to replace them"
-                        )
-                    self.paths.label_group(pop).delete()
         try:
             zarr.open_group(store=self.root.zarr_store(), mode="a", zarr_format=self.zarr_format)
         except PermissionError:
@@ -128,16 +122,35 @@ class LabelStore:
             raise PopsegError(f"cannot write output {self.root}: {err.strerror or err}; choose a writable 'output'") from None
         return "fresh"
 
-    def _existing_run(self, fingerprint: str | None) -> str:
-        rec = self.read_record()
-        if rec is None:
-            raise PopsegError(f"output {self.root} already exists; pass --overwrite to replace it or set another 'output'")
-        if fingerprint is None or rec.get("fingerprint") != fingerprint:
-            raise PopsegError(
-                f"output {self.root} holds a run of another configuration or input; pass --overwrite to "
-                "replace it (its results would be lost) or set another 'output'"
-            )
-        return "complete" if rec.get("complete") else "resume"
+    def stored_format(self) -> int | None:
+        """The Zarr format of the existing root group (None: none there)."""
+        names = set(self.root.list())
+        return 3 if "zarr.json" in names else 2 if ".zgroup" in names else None
+
+    def population_record(self, population: str) -> dict[str, Any] | None:
+        """A label group's popseg record: None without the group, ``{}`` for a group of no run."""
+        group = self.paths.label_group(population)
+        if not group.exists():
+            return None
+        try:
+            attrs = zarr.open_group(store=group.zarr_store(read_only=True), mode="r").attrs
+        except Exception:
+            return {}
+        return dict(attrs.get(RECORD_KEY) or {})
+
+    def drop_population(self, population: str) -> None:
+        """Delete a population's label image and its entry in the ``labels`` list (others untouched)."""
+        self.paths.label_group(population).delete()
+        if not self.paths.labels_group.exists():
+            return
+        labels_grp = zarr.open_group(store=self.paths.labels_group.zarr_store(), mode="a", zarr_format=self.zarr_format)
+        attrs = dict(labels_grp.attrs)
+        holder = attrs.get("ome", {}) if self.ngff_version == "0.5" else attrs
+        names = [n for n in holder.get("labels", []) if n != population]
+        if self.ngff_version == "0.5":
+            labels_grp.attrs["ome"] = {**holder, "labels": names}
+        else:
+            labels_grp.attrs["labels"] = names
 
     def create_labels(
         self,

@@ -12,8 +12,9 @@ Layout under ``<output>/.popseg/`` (:attr:`OutputLayout.ledger <popseg_dask.io.l
 A frame counts as segmented only once its ``.npz`` exists, and files appear whole (written to a
 temporary name, flushed, then renamed), so a run killed at any moment leaves either a finished
 frame or none (locally through a rename, on an object store as one PUT). The final ids of a frame depend on the counts of all earlier frames, which never
-change once written, so numbering is repeated safely. Which run the records belong to is the
-run record's ``fingerprint`` (in the output's root attributes), checked before a run resumes.
+change once written, so numbering is repeated safely. Which settings a population's records
+belong to is its ``labels_from`` in the run record (:mod:`popseg_dask._engine.lineage`), checked
+before a run resumes it; a population computed afresh has its records removed first.
 """
 
 from __future__ import annotations
@@ -48,6 +49,11 @@ class Ledger:
     def clear(self) -> None:
         """Remove every record (and the scratch arrays kept beside them): a fresh or finished run."""
         self.root.delete()
+
+    def forget(self, population: str) -> None:
+        """Remove one population's records (it is computed afresh; the others' stay)."""
+        (self.root / "frames" / population).delete()
+        (self.root / "numbered" / population).delete()
 
     # ------------------------------------------------------------------ input identity
     def save_input(self, tokens: list[str] | None) -> None:

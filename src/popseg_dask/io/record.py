@@ -44,6 +44,9 @@ class PopulationRecord(TypedDict, total=False):
     merge_task_s: float
     stitch_share: float
     frames_computed: int
+    labels_from: dict[str, Any]  # what the labels were computed from (popseg_dask._engine.lineage)
+    fingerprint: str  # the hash of labels_from: a re-run keeps the labels while it is unchanged
+    in_config: bool  # False: the last run's config no longer named it; its labels were kept
 
 
 class RunRecord(TypedDict, total=False):

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Sequence
 
 import numpy as np
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from ..config import Strict, validation_message
 from ..errors import PopsegError
@@ -135,6 +135,17 @@ class Segmenter(ABC):
         Rounds of :meth:`tile_stats` and :meth:`reduce_tile_stats`: each round's tiles see the
         statistics the previous round reduced, and the ``ctx.aux`` earlier rounds stored (a fact
         that needs another, e.g. peaks of a mask whose holes are a frame fact).
+    exact_tiles : bool
+        Its tiled output equals its whole-frame output bitwise, whatever the tile size and halo:
+        a re-run that changes only those recomputes nothing. Networks (False) see other context
+        in other windows, so their tile plan is part of what their labels were computed from.
+    label_neutral : frozenset of str
+        Keys of :attr:`Params` that cannot change its labels (padding hints, batch sizes, paths
+        whose contents are recorded otherwise): a re-run that changes only those recomputes nothing.
+    label_packages : tuple of str
+        Distributions whose version can change its labels (recorded; an upgrade recomputes).
+    labels_version : int
+        Bumped by the plugin's author when a change of its code changes its labels.
     """
 
     name: ClassVar[str]
@@ -152,6 +163,10 @@ class Segmenter(ABC):
     needs_frame_stats: bool = False
     needs_tile_stats: bool = False
     tile_stats_rounds: int = 1
+    exact_tiles: bool = False
+    label_neutral: ClassVar[frozenset[str]] = frozenset()
+    label_packages: ClassVar[tuple[str, ...]] = ()
+    labels_version: ClassVar[int] = 1
 
     @classmethod
     def from_config(cls, params: dict[str, Any], context: BuildContext | Sequence[str]) -> "Segmenter":
@@ -224,6 +239,20 @@ class Segmenter(ABC):
         labels = self(block, stats)
         return labels, labels > 0, False
 
+    def label_inputs(self) -> dict[str, Any]:
+        """What its labels depend on besides the input pixels and packages, as JSON values.
+
+        Default: its name, :attr:`labels_version`, channels and ``settings``: every key of the
+        validated ``params`` attribute (a :attr:`Params` instance) but :attr:`label_neutral`.
+        ``settings`` None (no ``params`` attribute) means unknown: every re-run recomputes it.
+        Plugins add what else decides their labels (a model's weights).
+        """
+        params = getattr(self, "params", None)
+        settings = (params.model_dump(mode="json", exclude=set(self.label_neutral))
+                    if isinstance(params, BaseModel) else None)
+        return {"segmenter": self.name, "version": self.labels_version, "channels": list(self.channels),
+                "settings": settings}
+
     def describe(self) -> dict[str, Any]:
         """What the run record says about this segmenter."""
         return {"segmenter": self.name, "channels": list(self.channels), "halo": self.halo,
@@ -246,7 +275,7 @@ def _attribute_docs(doc: str) -> list[tuple[str, str, str]]:
 
 
 PROTOCOL_METHODS = ("from_config", "__call__", "on_device", "with_context", "reference_frames", "movie_stats",
-                    "frame_stats", "tile_stats", "reduce_tile_stats", "segment_window", "describe")
+                    "frame_stats", "tile_stats", "reduce_tile_stats", "segment_window", "label_inputs", "describe")
 
 
 def _md(text: str) -> str:

@@ -23,7 +23,7 @@ import importlib.metadata
 import inspect
 import logging
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, ClassVar, Sequence
 
 import numpy as np
 from pydantic import Field
@@ -70,6 +70,8 @@ class CellposeSegmenter(ModelSegmenter):
     name = "cellpose"
     kind = "cellpose"
     Params = CellposeParams
+    label_neutral: ClassVar[frozenset[str]] = frozenset({"model", "batch_size"})  # how many tiles per pass
+    label_packages: ClassVar[tuple[str, ...]] = ("cellpose", "torch")
 
     def weights(self) -> Path:
         """The weights file: the path itself, or ``folder/folder.name``, or the folder's only file."""

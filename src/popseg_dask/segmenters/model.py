@@ -73,6 +73,25 @@ def model_loads() -> dict[str, int]:
     return {":".join(map(str, k)): v for k, v in _LOADS.items()}
 
 
+_DIGESTS: dict[tuple, str] = {}
+
+
+def files_digest(paths: list[Path]) -> str:
+    """SHA-256 of files' names and bytes (kept per process while their sizes and times stay)."""
+    import hashlib
+
+    key = tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in paths)
+    if key not in _DIGESTS:
+        h = hashlib.sha256()
+        for p in paths:
+            h.update(p.name.encode() + b"\0")
+            with open(p, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    h.update(block)
+        _DIGESTS[key] = h.hexdigest()[:16]
+    return _DIGESTS[key]
+
+
 def read_model_metadata(folder: Path) -> dict[str, Any]:
     """The folder's ``config_input.json`` (empty if absent); a broken file is a clear error."""
     path = Path(folder) / METADATA_FILE
@@ -143,12 +162,14 @@ class ModelSegmenter(Segmenter):
     devices = ("cpu", "gpu")
     objects_independent = True
     needs_frame_stats = True
+    # the folder's path: its files' bytes are recorded instead (a moved config keeps its labels)
+    label_neutral: ClassVar[frozenset[str]] = frozenset({"model"})
 
     def __init__(self, params: ModelParams, context: BuildContext | Sequence[str]):
         ctx = BuildContext.of(context)
         channel_names, base_dir, population, pixel_size_um = (ctx.channel_names, ctx.base_dir, ctx.population,
                                                               ctx.pixel_size_um)
-        self.p = params
+        self.p = self.params = params
         self.population = population
         folder = Path(params.model)
         self.model_path = (folder if folder.is_absolute() else Path(base_dir) / folder).resolve()
@@ -290,6 +311,18 @@ class ModelSegmenter(Segmenter):
         else:
             labels = back(np.asarray(self.predict(model, np.moveaxis(image, 0, -1))))
         return labels, labels > 0, False
+
+    def model_files(self) -> list[Path]:
+        """The files whose bytes decide the network's output: a folder's own files (not its
+        subfolders: training logs), or the weights file and its folder's metadata file."""
+        if self.model_path.is_file():
+            meta = self.model_path.parent / METADATA_FILE
+            return [self.model_path] + ([meta] if meta.is_file() else [])
+        return sorted(p for p in self.model_path.iterdir() if p.is_file())
+
+    def label_inputs(self) -> dict[str, Any]:
+        """The default's, plus a digest of the model's files and the zoom to its pixel size."""
+        return {**super().label_inputs(), "model": files_digest(self.model_files()), "scale": self.scale}
 
     def describe(self) -> dict[str, Any]:
         d = super().describe()

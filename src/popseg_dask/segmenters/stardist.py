@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 from pydantic import Field
@@ -65,6 +65,7 @@ class StarDistSegmenter(ModelSegmenter):
     name = "stardist"
     kind = "stardist"
     Params = StarDistParams
+    label_packages: ClassVar[tuple[str, ...]] = ("stardist", "csbdeep", "tensorflow")
 
     def _config(self) -> dict[str, Any]:
         path = self.model_path / "config.json"

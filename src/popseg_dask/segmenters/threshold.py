@@ -26,7 +26,7 @@ import json
 import math
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, ClassVar, Literal, Sequence
 
 import numpy as np
 from pydantic import Field, ValidationError, field_validator, model_validator
@@ -264,6 +264,10 @@ class ThresholdSegmenter(Segmenter):
 
     name = "threshold"
     Params = ThresholdParams
+    exact_tiles = True  # tests/test_tiling.py, tests/test_markers.py
+    # padding only, and the JSON's path (its keys are merged into the settings recorded)
+    label_neutral: ClassVar[frozenset[str]] = frozenset({"max_object_px", "threshold_config"})
+    label_packages: ClassVar[tuple[str, ...]] = ("scikit-image", "scipy", "numpy")
 
     def __init__(self, params: ThresholdParams, context: BuildContext | Sequence[str]):
         ctx = BuildContext.of(context)
