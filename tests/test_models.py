@@ -317,3 +317,43 @@ def test_embedded_gpu_workers_are_pinned():
     gpu_env = sorted(env[w] for w, r in res.items() if r.get("GPU") == 1)
     cpu_env = [env[w] for w, r in res.items() if not r.get("GPU")]
     assert gpu_env == ["0", "1"] and cpu_env == [""]
+
+
+def test_model_populations_record_their_weights_and_tiles(dl_run, client2, tmp_path):
+    """A network's labels depend on its weights' bytes and its windows, not on its path or batch size."""
+    import shutil
+
+    from popseg_dask.config import parse_config
+    from popseg_dask.pipeline import run
+    from popseg_dask.segmenters.model import files_digest
+
+    root, _, rec = dl_run
+    parts = rec["populations"]["sd_tiled"]["labels_from"]
+    assert len(parts["model"]) == 16 and parts["tiles"][0] == [96, 96]
+    assert parts["versions"]["stardist"] and "model" not in parts["settings"]
+    assert rec["populations"]["cp"]["labels_from"]["model"] == rec["populations"]["cp_tiled"]["labels_from"]["model"]
+
+    out = tmp_path / "dl.zarr"
+    shutil.copytree(root / "dl.zarr", out)
+    shutil.copytree(root / "models" / "cp", tmp_path / "cp_copy")  # the same bytes elsewhere
+    before = {p.name: p.stat().st_mtime_ns for p in (out / "labels" / "cp").rglob("*") if p.is_file()}
+    cfg = yaml.safe_load((root / "dl.yaml").read_text())
+    cfg.update(input=str(root / "movie.ome.zarr"), output=str(out))
+    for name in ("sd", "sd_tiled"):
+        cfg["populations"][name]["model"] = str(root / "models" / "sd")
+    cfg["populations"]["sd_tiled"]["tile"] = 128
+    cfg["populations"]["cp"].update(model=str(tmp_path / "cp_copy"), batch_size=2)
+    cfg["populations"]["cp_tiled"]["model"] = str(root / "models" / "cp")
+    lines: list[str] = []
+    new = run(parse_config(cfg, tmp_path), client=client2, echo=lines.append)
+    assert "population sd_tiled: recomputed (tiles changed)" in lines
+    assert {x.split(":")[0] for x in lines if x.endswith("kept (computed from the same settings and input)")} == {
+        "population sd", "population cp", "population cp_tiled"}
+    assert new["populations"]["sd_tiled"]["tiles_per_frame"] == 4
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "labels" / "cp").rglob("*") if p.is_file()} == before
+
+    weights = tmp_path / "cp_copy" / "cp"
+    digest = files_digest([weights])
+    with open(weights, "ab") as f:  # other weights, same file name
+        f.write(b"\0")
+    assert files_digest([weights]) != digest

@@ -147,7 +147,7 @@ def decide(current: dict[str, dict[str, Any]], stored: RunRecord | None,
         known = parts["input"]["bytes"] is not None and parts.get("settings") is not None
         if known and group and group.get("complete") and group.get("fingerprint") == fp:
             out.append(Decision(name, "kept"))
-        elif (parts.get("settings") is not None and rec and not rec.get("complete")
+        elif (parts.get("settings") is not None and rec and not (group or {}).get("complete")
               and _without_bytes(rec.get("labels_from")) == _without_bytes(parts)):
             out.append(Decision(name, "resumed"))
         elif group is not None or rec is not None:
