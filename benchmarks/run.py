@@ -36,6 +36,10 @@ Benchmarks (defaults in brackets; --frames/--size/--repeats override them):
                         written and read one at a time [48 frames of 1024², 3 repeats]
   objects               stored objects per frame and population: labels, ledger, scratch
                         [1000 frames of 32²; --frames 100000 for a screen]
+  cache                 a post-processing change re-run from cached network outputs vs a full
+                        recompute, StarDist and Cellpose [4 frames of 1024², 2 repeats]
+  one-of-two            a re-run after changing one of two populations vs --overwrite
+                        [16 frames of 512², 3 repeats]
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ import sys
 from pathlib import Path
 
 import bench_core
+import bench_incremental
 import bench_models
 import bench_peers
 import bench_storage
@@ -67,6 +72,8 @@ SUITE = {
     "storage": (bench_storage.storage, bench_storage.show_storage),
     "objects": (bench_storage.objects, bench_storage.show_objects),
     "stores": (bench_storage.stores, bench_storage.show_stores),
+    "cache": (bench_incremental.cache, bench_incremental.show_cache),
+    "one-of-two": (bench_incremental.one_of_two, bench_incremental.show_one_of_two),
 }
 
 

@@ -187,3 +187,13 @@ def test_label_neutral_keys_are_declared_params(key):
 
     cls = get_segmenter_class("threshold")
     assert key in cls.label_neutral and key in cls.Params.model_fields
+
+
+def test_cache_needs_a_segmenter_with_network_outputs(demo_dir, capsys):
+    cfg = yaml.safe_load((demo_dir / "run.yaml").read_text())
+    cfg["populations"]["targets"]["cache"] = "model_outputs"
+    (demo_dir / "run.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["run", str(demo_dir / "run.yaml"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "population 'targets': cache: model_outputs needs a segmenter with network outputs" in err
+    assert not (demo_dir / "movie.popseg.zarr").exists()

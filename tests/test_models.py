@@ -357,3 +357,48 @@ def test_model_populations_record_their_weights_and_tiles(dl_run, client2, tmp_p
     with open(weights, "ab") as f:  # other weights, same file name
         f.write(b"\0")
     assert files_digest([weights]) != digest
+
+
+def test_cached_network_outputs_rerun_only_post_processing(dl_run, client2, tmp_path):
+    """cache: model_outputs — a threshold change reruns post-processing only, with a fresh run's labels."""
+    from popseg_dask.config import parse_config
+    from popseg_dask.pipeline import run, segment_frame
+    from popseg_dask.segmenters import build_segmenter
+    from popseg_dask.segmenters.model import network_passes
+
+    root, mv, _ = dl_run
+    pops = {"sd": {"segmenter": "stardist", "model": str(root / "models" / "sd"), "tile": "none",
+                   "cache": "model_outputs"},
+            "cp": {"segmenter": "cellpose", "model": str(root / "models" / "cp"), "tile": "none",
+                   "cache": "model_outputs"}}
+    cfg = {"input": str(root / "movie.ome.zarr"), "output": str(tmp_path / "c.zarr"), "populations": pops}
+    rec = run(parse_config(cfg, tmp_path), client=client2)
+    for p in ("sd", "cp"):  # the cache changes no label: equal to the uncached run of the same settings
+        assert np.array_equal(_labels(tmp_path / "c.zarr", p), _labels(root / "dl.zarr", p))
+        assert rec["populations"][p]["cache"]["frames"] == N_FRAMES
+        assert 0 < rec["populations"][p]["cache"]["bytes_per_frame"] < 4 * SIZE * SIZE * 40
+    assert (tmp_path / "c.zarr" / "cache" / "sd" / "cache.json").is_file()
+
+    def passes():
+        return sum(n for w in client2.run(network_passes).values() for k, n in w.items() if k in ("sd", "cp"))
+
+    before = passes()
+    pops["sd"]["prob_thresh"], pops["cp"]["cellprob_threshold"] = 0.7, 1.5
+    lines: list[str] = []
+    rec = run(parse_config(cfg, tmp_path), client=client2, echo=lines.append)
+    assert "population sd: recomputed (settings.prob_thresh changed)" in lines
+    assert any(x.startswith("population cp: network outputs from its cache (8 frame(s)") for x in lines)
+    assert passes() == before  # no window went through a network again
+    for p in ("sd", "cp"):  # ... and the labels are a fresh run's with the new settings (frame 0, in-process)
+        spec = parse_config(cfg, tmp_path).populations[p]
+        seg = build_segmenter(p, spec, list(mv.channels), pixel_size_um=mv.pixel_size_um)
+        fresh, _ = segment_frame(seg, mv.image[0, [list(mv.channels).index(c) for c in seg.channels]])
+        assert np.array_equal(_labels(tmp_path / "c.zarr", p)[0], fresh)
+    assert _labels(tmp_path / "c.zarr", "sd").max() < _labels(root / "dl.zarr", "sd").max()  # 0.7 keeps fewer
+
+    pops["cp"]["min_size"] = 10_000  # a post-processing key too: nothing is left, still no network pass
+    lines.clear()
+    rec = run(parse_config(cfg, tmp_path), client=client2, echo=lines.append, drop_cache=True)
+    assert passes() == before and _labels(tmp_path / "c.zarr", "cp").max() == 0
+    assert "population sd: kept (computed from the same settings and input)" in lines
+    assert not (tmp_path / "c.zarr" / "cache").exists() and "cache" not in rec["populations"]["cp"]

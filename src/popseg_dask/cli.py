@@ -31,7 +31,7 @@ def _cmd_run(args) -> int:
     record = run(
         config, scheduler=args.scheduler, cluster=args.cluster, security=_security(args), n_workers=args.workers,
         gpu_workers=args.gpu_workers, in_place=args.in_place, overwrite=args.overwrite, prune=args.prune,
-        dry_run=args.dry_run, progress=not args.quiet, echo=print,
+        dry_run=args.dry_run, drop_cache=args.drop_cache, progress=not args.quiet, echo=print,
     )
     if args.dry_run:
         return 0
@@ -53,7 +53,8 @@ def _run_screen(config, screen, args) -> int:
     with open_client(args.scheduler, cluster=args.cluster, n_workers=args.workers, gpu_workers=args.gpu_workers,
                      security=_security(args)) as client:
         summary = run_screen(config, screen, client=client, overwrite=args.overwrite, in_place=args.in_place,
-                             progress=not args.quiet, prune=args.prune, dry_run=args.dry_run, echo=print)
+                             progress=not args.quiet, prune=args.prune, dry_run=args.dry_run,
+                             drop_cache=args.drop_cache, echo=print)
     if args.dry_run:
         return 0
     done = sum(1 for p in summary["positions"].values() if p["status"] == "done")
@@ -294,6 +295,8 @@ def _add_run_commands(sub) -> None:
     r.add_argument("--prune", action="store_true", help="delete labels of populations the config no longer names")
     r.add_argument("--dry-run", action="store_true",
                    help="say which populations would be kept, recomputed or added, and stop")
+    r.add_argument("--drop-cache", action="store_true",
+                   help="delete the cached network outputs (cache: model_outputs) once the run is done")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
     r.add_argument("--measure", action="store_true", help="measure every object afterwards (Parquet)")
     r.add_argument("--report", action="store_true", help="write the QC report afterwards")

@@ -54,6 +54,9 @@ class PopulationSpec(BaseModel):
         "auto", description="core tile size [ty, tx]; auto: from the memory budget; none: whole frames")
     halo: int | None = Field(None, ge=0, description="context pixels around a tile (default: the segmenter's)")
     tile_memory_mb: float = Field(1024, gt=0, description="memory a tile task may use, for tile: auto")
+    cache: Literal["none", "model_outputs"] = Field(
+        "none", description="model_outputs: keep the network's outputs in the output, so that a change of "
+        "post-processing settings only reruns post-processing")
 
     @field_validator("tile")
     @classmethod

@@ -142,10 +142,10 @@ def find_positions(config: RunConfig) -> Screen | None:
 
 def run_screen(config: RunConfig, screen: Screen, *, client, overwrite: bool = False,
                in_place: bool = False, progress: bool = False, prune: bool = False, dry_run: bool = False,
-               echo: Callable[[str], None] = lambda m: None) -> dict[str, Any]:
+               drop_cache: bool = False, echo: Callable[[str], None] = lambda m: None) -> dict[str, Any]:
     """Run every position on ``client``; finished positions are skipped, failed ones reported.
 
-    ``prune`` and ``dry_run`` are :func:`popseg_dask.pipeline.run`'s, per position (a dry run
+    ``prune``, ``dry_run`` and ``drop_cache`` are :func:`popseg_dask.pipeline.run`'s, per position (a dry run
     writes no summary).
 
     Returns the screen summary (also written to ``<output>/screen.json``).
@@ -169,7 +169,7 @@ def run_screen(config: RunConfig, screen: Screen, *, client, overwrite: bool = F
         echo(f"[{i}/{len(positions)}] {pos.name}")
         try:
             rec = run(cfg, client=client, overwrite=overwrite, in_place=in_place, progress=progress, echo=echo,
-                      prune=prune, dry_run=dry_run)
+                      prune=prune, dry_run=dry_run, drop_cache=drop_cache)
         except PopsegError as err:
             failed.append(pos.name)
             summary["positions"][pos.name] = {"status": "failed", "error": str(err), "input": pos.input.url}

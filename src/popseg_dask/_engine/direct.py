@@ -69,7 +69,7 @@ def segment_in_memory_task(sources: list[FrameSource], ts: list[int], stats0: An
         t0 = time.perf_counter()
         stats = frame_stats_task(source, stats0, segmenter)
         block = source.read(tile.window)
-        raw, _, _ = segmenter.segment_window(block, stats, WindowContext.whole(source.frame_shape))
+        raw, _, _ = segmenter.segment_window(block, stats, WindowContext(tuple(source.frame_shape), frame=t))
         if raw.shape != block.shape[-2:]:
             raise RuntimeError(f"segmenter {segmenter.name} returned shape {raw.shape} for a frame of {block.shape}")
         ids, n = canonical_relabel(raw)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import numpy as np
@@ -47,6 +48,9 @@ def segment_frame(segmenter: Segmenter, frame: np.ndarray, tile=None, halo: int 
 
     frame = np.asarray(frame)
     Y, X = frame.shape[-2:]
+    if segmenter.cache is not None:  # a frame without its index in a movie: never read or fill a run's cache
+        segmenter = copy.copy(segmenter)
+        segmenter.cache = None
     segmenter, plan = tile_policy(segmenter, (Y, X), tile, halo, memory_mb=tile_memory_mb)
     src = FrameSource(da.from_array(frame, chunks=frame.shape))
     def array(dtype):

@@ -33,7 +33,7 @@ from typing import Any
 
 from ..io.record import RunRecord
 
-__all__ = ["Decision", "decide", "labels_from", "population_fingerprint"]
+__all__ = ["Decision", "decide", "labels_from", "network_from", "population_fingerprint"]
 
 
 @functools.lru_cache(maxsize=None)
@@ -73,6 +73,13 @@ def labels_from(plan, job, tokens: list[list[str]] | None) -> dict[str, Any]:
     if not seg.exact_tiles:
         out["tiles"] = [list(job.tiles.tile), job.tiles.halo]
     return json.loads(json.dumps(out, default=str))  # as it reads back from the store
+
+
+def network_from(parts: dict[str, Any], postprocess_keys: frozenset[str]) -> dict[str, Any]:
+    """What a population's network outputs are computed from: its ``labels_from`` without the
+    settings that act only after the network (the key of its output cache)."""
+    settings = {k: v for k, v in (parts.get("settings") or {}).items() if k not in postprocess_keys}
+    return {**parts, "settings": settings}
 
 
 def population_fingerprint(parts: dict[str, Any]) -> str:

@@ -10,6 +10,7 @@ population runs on, frames per task, frames in flight — as a pure function of
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import logging
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ import xarray as xr
 
 from ..config import RunConfig
 from ..errors import PopsegError
+from ..io.cache import ModelOutputCache
 from ..io.labels import LabelGrid
 from ..io.layout import OutputLayout, default_output
 from ..io.movie import open_movie
@@ -216,7 +218,21 @@ def plan_run(config: RunConfig, *, in_place: bool = False) -> RunPlan:
     movie = open_movie(source, channels=config.channels, dims=config.dims, pixel_size_um=config.pixel_size_um)
     jobs = [_job(config, pop, movie) for pop in config.populations]
     output, version = _output(config, source, movie.attrs["source"], in_place)
+    jobs = [_with_cache(job, config, OutputLayout(output)) for job in jobs]
     return RunPlan(config, movie, jobs, output, in_place, version)
+
+
+def _with_cache(job: PopulationJob, config: RunConfig, layout: OutputLayout) -> PopulationJob:
+    """The job, its segmenter given its output cache when the population asks for one."""
+    if config.populations[job.name].cache == "none":
+        return job
+    seg = job.segmenter
+    if not seg.postprocess_keys:
+        raise PopsegError(f"population '{job.name}': cache: model_outputs needs a segmenter with network outputs "
+                          f"(stardist, cellpose); {seg.name} has none to keep; remove 'cache:'")
+    seg = copy.copy(seg)
+    seg.cache = ModelOutputCache(layout.model_cache(job.name))
+    return dataclasses.replace(job, segmenter=seg)
 
 
 def _job(config: RunConfig, pop: str, movie: xr.DataArray) -> PopulationJob:

@@ -19,13 +19,14 @@ from typing import Callable
 import numpy as np
 
 from ..errors import PopsegError
+from ..io.cache import ModelOutputCache
 from ..io.identity import changed_frames, frame_tokens
 from ..io.labels import LabelStore
 from ..io.lease import Lease
 from ..io.ledger import Ledger, fingerprint
 from ..io.record import RunRecord
 from ..stitch import FrameInfo
-from .lineage import Decision, decide, labels_from, population_fingerprint
+from .lineage import Decision, decide, labels_from, network_from, population_fingerprint
 from .plan import RunPlan
 
 __all__ = ["RunState", "prepare_output", "reuse", "same_input"]
@@ -121,6 +122,7 @@ def prepare_output(plan: RunPlan, overwrite: bool, prune: bool = False, echo: Ec
     if status == "fresh":
         ledger.clear()  # leftovers of an earlier run in the same place
     _drop(plan, store, ledger, decisions, echo)
+    _open_caches(plan, decisions, current, echo)
     resumed = {d.population for d in decisions if d.action == "resumed"}
     known = {j.name: ledger.numbered_infos(j.name, plan.n_frames) for j in plan.jobs
              if j.numbering == "direct" and j.name in resumed}
@@ -164,6 +166,26 @@ def _drop(plan: RunPlan, store: LabelStore, ledger: Ledger, decisions: list[Deci
             loc.delete()
         echo(f"{', '.join(loc.name for loc in derived)} described the labels replaced: removed "
              "(run popseg measure / report again)")
+
+
+def _open_caches(plan: RunPlan, decisions: list[Decision], current: dict[str, dict], echo: Echo) -> None:
+    """Keep each computed population's cache of the same network outputs, start the others afresh;
+    delete a pruned population's."""
+    computes = {d.population for d in decisions if d.computes}
+    for d in decisions:
+        if d.action == "pruned":
+            ModelOutputCache(plan.layout.model_cache(d.population)).drop()
+    for job in plan.jobs:
+        cache = job.segmenter.cache
+        if cache is None or job.name not in computes:
+            continue
+        parts = network_from(current[job.name], job.segmenter.postprocess_keys)
+        if cache.open_for(population_fingerprint(parts), parts):
+            size, frames = cache.size()
+            echo(f"population {job.name}: network outputs from its cache ({frames} frame(s), "
+                 f"{size / 2**20:.1f} MB): post-processing only where they are there")
+        else:
+            echo(f"population {job.name}: its network outputs are cached in {cache.root}")
 
 
 def _new_record(plan: RunPlan, previous: RunRecord | None, decisions: list[Decision], current: dict[str, dict],

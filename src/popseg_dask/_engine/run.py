@@ -43,8 +43,8 @@ Echo = Callable[[str], None]
 
 def run(config: RunConfig, *, scheduler: str | None = None, cluster: str | None = None, security=None,
         n_workers: int | None = None, gpu_workers: int | None = None, in_place: bool = False,
-        overwrite: bool = False, prune: bool = False, dry_run: bool = False, progress: bool = False, client=None,
-        echo: Echo = lambda msg: None) -> RunRecord:
+        overwrite: bool = False, prune: bool = False, dry_run: bool = False, drop_cache: bool = False,
+        progress: bool = False, client=None, echo: Echo = lambda msg: None) -> RunRecord:
     """Segment every population of a movie and write globally numbered labels.
 
     Parameters
@@ -70,6 +70,8 @@ def run(config: RunConfig, *, scheduler: str | None = None, cluster: str | None 
         Delete the labels of populations the config no longer names (default: kept, reported).
     dry_run : bool
         Say what would be kept, recomputed or added (one line per population) and stop.
+    drop_cache : bool
+        Delete the output's cached network outputs (``cache: model_outputs``) once the run is done.
     progress : bool
         Show a progress bar.
     client : distributed.Client, optional
@@ -92,14 +94,16 @@ def run(config: RunConfig, *, scheduler: str | None = None, cluster: str | None 
                 "decisions": {d.population: {"action": d.action, "changed": list(d.changed)} for d in decisions}}
     # Connect before touching the output: a cluster that cannot be reached leaves nothing behind.
     if client is not None:
-        return execute(client, plan, overwrite=overwrite, prune=prune, progress=progress, echo=echo, t0=t0)
+        return execute(client, plan, overwrite=overwrite, prune=prune, drop_cache=drop_cache, progress=progress,
+                       echo=echo, t0=t0)
     with open_client(scheduler, cluster=cluster, n_workers=n_workers, gpu_workers=gpu_workers,
                      security=security) as c:
-        return execute(c, plan, overwrite=overwrite, prune=prune, progress=progress, echo=echo, t0=t0)
+        return execute(c, plan, overwrite=overwrite, prune=prune, drop_cache=drop_cache, progress=progress,
+                       echo=echo, t0=t0)
 
 
-def execute(client, plan: RunPlan, *, overwrite: bool = False, prune: bool = False, progress: bool = False,
-            echo: Echo = lambda m: None, t0: float | None = None) -> RunRecord:
+def execute(client, plan: RunPlan, *, overwrite: bool = False, prune: bool = False, drop_cache: bool = False,
+            progress: bool = False, echo: Echo = lambda m: None, t0: float | None = None) -> RunRecord:
     """Run a plan on a connected client (see :func:`run`), holding the output's lease throughout."""
     t0 = time.perf_counter() if t0 is None else t0
     plan = plan.for_cluster(ClusterFacts.of(client))
@@ -112,6 +116,8 @@ def execute(client, plan: RunPlan, *, overwrite: bool = False, prune: bool = Fal
         state = prepare_output(plan, overwrite, prune, echo)
         if isinstance(state, dict):
             echo(f"nothing to do: {plan.output} already holds these labels, complete (pass --overwrite to redo them)")
+            if drop_cache:
+                drop_caches(plan, state, echo)
             return {**state, "up_to_date": True}
         state.lease = lease
         announce(client, state.plan, echo)
@@ -126,9 +132,39 @@ def execute(client, plan: RunPlan, *, overwrite: bool = False, prune: bool = Fal
         lease.check()
         record = finish(client, state, populations, timings, t0)
         fallback_hints(record, echo)
+        if drop_cache:
+            drop_caches(plan, record, echo)
+        else:
+            cache_sizes(state, record, echo)
         return record
     finally:
         lease.release()
+
+
+def cache_sizes(state: RunState, record: RunRecord, echo: Echo) -> None:
+    """Say (and record) what each computed population's cache of network outputs holds."""
+    changed = False
+    for job in state.plan.jobs:
+        if job.segmenter.cache is None:
+            continue
+        size, frames = job.segmenter.cache.size()
+        per = size / max(frames, 1)
+        record["populations"][job.name]["cache"] = {"bytes": size, "frames": frames, "bytes_per_frame": round(per)}
+        echo(f"population {job.name}: network outputs cached, {per / 2**20:.2f} MB per frame "
+             f"({size / 2**20:.1f} MB; --drop-cache deletes them)")
+        changed = True
+    if changed:
+        state.store.write_record(record)
+
+
+def drop_caches(plan: RunPlan, record: RunRecord, echo: Echo) -> None:
+    """Delete every population's cached network outputs (``--drop-cache``)."""
+    root = plan.layout.root / "cache"
+    if root.exists():
+        root.delete()
+        echo(f"cached network outputs deleted ({root})")
+    for pop in record.get("populations", {}).values():
+        pop.pop("cache", None)
 
 
 def fallback_hints(record: RunRecord, echo: Echo) -> None:

@@ -128,7 +128,7 @@ def window_context(window, frame_shape, aux=None, t: int = 0) -> WindowContext:
     y0, y1, x0, x1 = window
     aux_win = None if aux is None else np.asarray(open_array(aux, "r")[t, y0:y1, x0:x1])
     return WindowContext(tuple(frame_shape), (y0, x0), (y0 > 0, y1 < frame_shape[0], x0 > 0, x1 < frame_shape[1]),
-                         aux_win)
+                         aux_win, frame=t)
 
 
 def frame_stats_task(source: FrameSource, stats: Any, segmenter: Segmenter) -> Any:

@@ -10,6 +10,8 @@ Layout of an output store (``<output>``)::
     <output>/.popseg/                 the run's state while it runs (ledger, scratch); removed at the end
     <output>/.popseg/scratch/<pop>    provisional ids, chunked by tile cores
     <output>/.popseg/scratch/<pop>.aux  per-pixel facts of the segmenter's tile statistics
+    <output>/cache/<pop>/             ``cache: model_outputs``: network outputs, one object per
+                                      window (``t<frame>/<y0>_<x0>_<h>_<w>.npz``) and cache.json
     <output>/measurements.parquet     ``popseg measure``
     <output>/report/index.html        ``popseg report`` (PNGs beside it)
 """
@@ -73,6 +75,10 @@ class OutputLayout:
     def aux(self, population: str) -> Location:
         """Per-pixel facts a population's tile statistics stored during a run."""
         return self.state / "scratch" / f"{population}.aux"
+
+    def model_cache(self, population: str) -> Location:
+        """A population's cached network outputs (see :mod:`popseg_dask.io.cache`)."""
+        return self.root / "cache" / population
 
     @property
     def measurements(self) -> Location:

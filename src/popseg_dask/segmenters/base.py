@@ -58,13 +58,15 @@ class WindowContext:
 
     ``artificial`` is (top, bottom, left, right): True where the window edge lies inside the
     frame (the segmenter sees a cut there), False on the frame's own edges. ``aux`` is the
-    window of the per-pixel arrays the segmenter's ``tile_stats`` stored (or None).
+    window of the per-pixel arrays the segmenter's ``tile_stats`` stored (or None). ``frame``:
+    the movie frame's index (None outside a run), which names the window in an output cache.
     """
 
     frame_shape: tuple[int, int]
     origin: tuple[int, int] = (0, 0)
     artificial: tuple[bool, bool, bool, bool] = (False, False, False, False)
     aux: np.ndarray | None = None
+    frame: int | None = None
 
     @property
     def is_whole_frame(self) -> bool:
@@ -146,6 +148,13 @@ class Segmenter(ABC):
         Distributions whose version can change its labels (recorded; an upgrade recomputes).
     labels_version : int
         Bumped by the plugin's author when a change of its code changes its labels.
+    postprocess_keys : frozenset of str
+        Keys of :attr:`Params` that act only after the network (thresholds, NMS, minimum size):
+        with ``cache: model_outputs`` a change of only these reruns post-processing from the
+        cached network outputs. Empty: it has no cacheable network outputs.
+    cache : object or None
+        Set by the engine for ``cache: model_outputs``: ``load(frame, box)`` -> dict of arrays or
+        None, ``save(frame, box, arrays)``, where ``box`` is the window (y0, x0, height, width).
     """
 
     name: ClassVar[str]
@@ -167,6 +176,8 @@ class Segmenter(ABC):
     label_neutral: ClassVar[frozenset[str]] = frozenset()
     label_packages: ClassVar[tuple[str, ...]] = ()
     labels_version: ClassVar[int] = 1
+    postprocess_keys: ClassVar[frozenset[str]] = frozenset()
+    cache: Any = None
 
     @classmethod
     def from_config(cls, params: dict[str, Any], context: BuildContext | Sequence[str]) -> "Segmenter":

@@ -72,6 +72,8 @@ class CellposeSegmenter(ModelSegmenter):
     Params = CellposeParams
     label_neutral: ClassVar[frozenset[str]] = frozenset({"model", "batch_size"})  # how many tiles per pass
     label_packages: ClassVar[tuple[str, ...]] = ("cellpose", "torch")
+    postprocess_keys: ClassVar[frozenset[str]] = frozenset({"cellprob_threshold", "flow_threshold", "min_size"})
+    labels_version: ClassVar[int] = 2  # 2: float16 network outputs (cacheable)
 
     def weights(self) -> Path:
         """The weights file: the path itself, or ``folder/folder.name``, or the folder's only file."""
@@ -132,26 +134,38 @@ class CellposeSegmenter(ModelSegmenter):
         ft = self.p.flow_threshold if self.p.flow_threshold is not None else self.meta.get("flow_threshold", 0.4)
         return float(cp), float(ft)
 
-    def predict(self, model: Any, image: np.ndarray) -> np.ndarray:
-        cellprob_threshold, flow_threshold = self._thresholds()
+    def network(self, model: Any, image: np.ndarray) -> dict[str, np.ndarray]:
+        """Cellpose 3: flows and cell probability. Cellpose 4 (``eval``): its masks."""
         if cellpose_api(model) == 4:
+            if self.cache is not None:
+                raise PopsegError(f"population '{self.population}': cache: model_outputs needs Cellpose 3 "
+                                  "(Cellpose 4 runs through eval, which keeps its flows); remove 'cache:'")
+            cellprob_threshold, flow_threshold = self._thresholds()
             masks = model.eval(image, channel_axis=-1, normalize=False, diameter=self.diameter * self.scale,
                                batch_size=self.p.batch_size, min_size=self.p.min_size,
                                cellprob_threshold=cellprob_threshold, flow_threshold=flow_threshold)[0]
-            return np.asarray(masks)
-        from cellpose import dynamics
-
+            return {"masks": np.asarray(masks)}
         Y, X, c = image.shape
         nchan = int(getattr(model.net, "nchan", None) or (self.meta.get("popseg") or {}).get("nchan") or 2)
         # the network pools 4 times: pad the far edges to a multiple of 16 (the near ones are aligned)
         x = np.zeros((1, nchan, -(-Y // 16) * 16, -(-X // 16) * 16), np.float32)
         x[0, :min(c, nchan), :Y, :X] = np.moveaxis(image, -1, 0)[:nchan]
         y, _ = cellpose_forward(model.net, x)
-        y = y[0, :, :Y, :X]
+        y = np.asarray(y[0, :, :Y, :X])
+        return {"flows": y[:2], "cellprob": y[2]}
+
+    def postprocess(self, model: Any, outputs: dict[str, np.ndarray], shape: tuple[int, int]) -> np.ndarray:
+        """Cellpose's own ``compute_masks`` (Cellpose 4: the masks ``eval`` made)."""
+        if "masks" in outputs:
+            return outputs["masks"]
+        from cellpose import dynamics
+
+        cellprob_threshold, flow_threshold = self._thresholds()
         min_size = int(round(self.p.min_size * self.model_scale(model) ** 2))  # movie px -> network px
         # max_size_fraction=1: cellpose drops objects over 40 % of *its input*, which would make the
         # result depend on the window; objects are judged whole, after stitching, instead.
-        masks = dynamics.compute_masks(y[:2], y[2], niter=200, cellprob_threshold=cellprob_threshold,
+        masks = dynamics.compute_masks(outputs["flows"].astype(np.float32), outputs["cellprob"].astype(np.float32),
+                                       niter=200, cellprob_threshold=cellprob_threshold,
                                        flow_threshold=flow_threshold, min_size=min_size, max_size_fraction=1.0,
                                        device=getattr(model, "device", None) or _cpu())
         return np.asarray(masks)

@@ -66,6 +66,8 @@ class StarDistSegmenter(ModelSegmenter):
     kind = "stardist"
     Params = StarDistParams
     label_packages: ClassVar[tuple[str, ...]] = ("stardist", "csbdeep", "tensorflow")
+    postprocess_keys: ClassVar[frozenset[str]] = frozenset({"prob_thresh", "nms_thresh"})
+    labels_version: ClassVar[int] = 2  # 2: dense prediction, float16 outputs (cacheable)
 
     def _config(self) -> dict[str, Any]:
         path = self.model_path / "config.json"
@@ -101,13 +103,24 @@ class StarDistSegmenter(ModelSegmenter):
             model = StarDist2D(None, name=self.model_path.name, basedir=str(self.model_path.parent))
         return model
 
-    def predict(self, model: Any, image: np.ndarray) -> np.ndarray:
-        kwargs = dict(axes="YXC", normalizer=None, prob_thresh=self.p.prob_thresh, nms_thresh=self.p.nms_thresh,
-                      n_tiles=(*self.p.n_tiles, 1) if self.p.n_tiles else None, show_tile_progress=False,
-                      verbose=False)
+    def network(self, model: Any, image: np.ndarray) -> dict[str, np.ndarray]:
+        """Dense object probabilities and ray distances (on the model's grid)."""
+        n_tiles = (*self.p.n_tiles, 1) if self.p.n_tiles else None
         with _device("GPU" if self.use_gpu else "CPU"), contextlib.redirect_stdout(io.StringIO()):
-            labels, _ = model.predict_instances(image, **kwargs)
-        return labels
+            prob, dist = model.predict(image, axes="YXC", normalizer=None, n_tiles=n_tiles, show_tile_progress=False)
+        return {"prob": np.asarray(prob), "dist": np.asarray(dist)}
+
+    def postprocess(self, model: Any, outputs: dict[str, np.ndarray], shape: tuple[int, int]) -> np.ndarray:
+        """StarDist's own dense path: non-maximum suppression, then polygons to labels."""
+        from stardist.geometry import polygons_to_label
+        from stardist.nms import non_maximum_suppression
+
+        prob_thresh = self.p.prob_thresh if self.p.prob_thresh is not None else model.thresholds.prob
+        nms_thresh = self.p.nms_thresh if self.p.nms_thresh is not None else model.thresholds.nms
+        points, probi, disti = non_maximum_suppression(
+            outputs["dist"].astype(np.float32), outputs["prob"].astype(np.float32), grid=model.config.grid,
+            prob_thresh=prob_thresh, nms_thresh=nms_thresh, verbose=False)
+        return polygons_to_label(disti, points, prob=probi, shape=tuple(shape))
 
     def describe(self) -> dict[str, Any]:
         d = super().describe()
