@@ -402,3 +402,26 @@ def test_cached_network_outputs_rerun_only_post_processing(dl_run, client2, tmp_
     assert passes() == before and _labels(tmp_path / "c.zarr", "cp").max() == 0
     assert "population sd: kept (computed from the same settings and input)" in lines
     assert not (tmp_path / "c.zarr" / "cache").exists() and "cache" not in rec["populations"]["cp"]
+
+
+def test_tune_runs_each_network_once_per_frame(dl_run, client2):
+    """Post-processing settings share one network pass per window (StarDist and Cellpose)."""
+    from popseg_dask.config import parse_config
+    from popseg_dask.segmenters.model import network_passes
+    from popseg_dask.tune import expand_space, tune
+
+    root, mv, _ = dl_run
+    cfg = parse_config({"input": str(root / "movie.ome.zarr"), "output": str(root / "tune.zarr"), "populations": {
+        "sd": {"segmenter": "stardist", "model": str(root / "models" / "sd"), "tile": "none"},
+        "cp": {"segmenter": "cellpose", "model": str(root / "models" / "cp"), "tile": "none"}}}, root)
+    spaces = {"sd": {"prob_thresh": [0.3, 0.5, 0.7], "nms_thresh": [0.3, 0.5]},
+              "cp": {"cellprob_threshold": [-1.0, 0.0, 2.0]}}
+    truths = {"sd": mv.truth["targets"], "cp": mv.truth["effectors"]}
+    for pop, space in spaces.items():
+        before = sum(w.get(pop, 0) for w in client2.run(network_passes).values())
+        grid = expand_space(space)
+        res = tune(cfg, pop, truths[pop][[1, 4]], [1, 4], grid, client=client2)
+        passes = sum(w.get(pop, 0) for w in client2.run(network_passes).values()) - before
+        assert passes == 2, f"{pop}: {passes} network passes for 2 frames and {len(grid)} settings"
+        assert len(res.rows) == len(grid) and res.best()["mean_f1"] >= 0.5
+        assert len({r["f1@0.9"] for r in res.rows}) > 1  # thresholds change the result

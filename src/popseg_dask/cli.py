@@ -184,6 +184,44 @@ def _cmd_bench(args) -> int:
     return 0
 
 
+def _cmd_tune(args) -> int:
+    import yaml
+
+    from .cluster import open_client
+    from .config import load_config
+    from .train import parse_frames, read_label_image
+    from .tune import default_space, expand_space, table_lines, tune, write_outputs
+
+    config = load_config(args.config)
+    if args.population not in config.populations:
+        raise PopsegError(f"--population {args.population!r} is not in {args.config}; its populations are "
+                          f"{list(config.populations)}")
+    spec = config.populations[args.population]
+    truth = read_label_image(args.truth)
+    from .io.movie import open_movie
+
+    n_t = open_movie(config.location(config.input), channels=config.channels, dims=config.dims).sizes["t"]
+    frames = parse_frames(args.frames, n_t) if args.frames else list(range(min(n_t, truth.shape[0])))
+    if truth.shape[0] == n_t:
+        truth = truth[frames]
+    elif truth.shape[0] != len(frames):
+        raise PopsegError(f"the truth labels hold {truth.shape[0]} frame(s): give the movie's {n_t}, or exactly "
+                          f"the {len(frames)} of --frames, in order")
+    space = yaml.safe_load(Path(args.space).read_text()) if args.space else default_space(spec.segmenter, spec.params())
+    grid = expand_space(space, args.samples, args.seed)
+    out = Path(args.out) if args.out else Path(args.config).with_suffix(".tune")
+    print(f"tuning population {args.population}: {len(grid)} setting(s) on {len(frames)} frame(s) {frames}")
+    with open_client(args.scheduler, n_workers=args.workers, gpu_workers=0) as client:
+        result = tune(config, args.population, truth, frames, grid, client=client)
+    for line in table_lines(result):
+        print(line)
+    paths = write_outputs(result, yaml.safe_load(Path(args.config).read_text()), out)
+    print(f"best: #{result.best()['index']} {json.dumps(result.best()['settings'])} (mean F1 "
+          f"{result.best()['mean_f1']:.3f}) in {result.seconds:.1f} s")
+    print(f"written {paths['table']}, {paths['plot']} and {paths['config']} (the config with the best setting)")
+    return 0
+
+
 def _print_summary(record: dict, where) -> None:
     if record.get("up_to_date"):
         return
@@ -367,13 +405,26 @@ def _add_exchange_commands(sub) -> None:
 
 
 def _add_tool_commands(sub) -> None:
-    """bench, demo, inspect."""
+    """bench, tune, demo, inspect."""
     b = sub.add_parser("bench", help="time a few frames of your movie and recommend tiles and workers")
     b.add_argument("config", help="YAML configuration (nothing is written)")
     b.add_argument("--frames", type=int, default=3, help="frames to time, evenly spaced")
     b.add_argument("--tiles", type=int, nargs="*", help="tile sizes to try besides whole frames")
     b.add_argument("--json", action="store_true", help="print the measurements and advice as JSON")
     b.set_defaults(func=_cmd_bench)
+
+    u = sub.add_parser("tune", help="search one population's settings against known labels (F1 table, best config)")
+    u.add_argument("config", help="YAML configuration")
+    u.add_argument("--population", required=True, help="the population to tune")
+    u.add_argument("--truth", required=True, help="known labels: TIFF or Zarr (t, y, x), e.g. corrected in napari")
+    u.add_argument("--frames", help="movie frames the truth labels (start:stop:step or 0,5,9; default: the first ones)")
+    u.add_argument("--space", help="YAML mapping of population keys to lists of values (default: a small grid)")
+    u.add_argument("--samples", type=int, help="score this many settings drawn at random from the grid")
+    u.add_argument("--seed", type=int, default=0, help="seed of --samples")
+    u.add_argument("--out", help="folder for tune.csv, tune.json, tune.png and best.yaml (default: CONFIG.tune/)")
+    u.add_argument("--workers", type=int)
+    u.add_argument("--scheduler", help="address of a running Dask scheduler")
+    u.set_defaults(func=_cmd_tune)
 
     d = sub.add_parser("demo", help="segment a synthetic two-population movie and score it")
     d.add_argument("--out", default="demo-output", help="folder for the movie, config and labels")

@@ -60,7 +60,7 @@ def parse_frames(spec: str | None, n_frames: int) -> list[int]:
     return frames
 
 
-def _read_labels(path: "Location | Path | str") -> np.ndarray:
+def read_label_image(path: "Location | Path | str") -> np.ndarray:
     """A label image ``(t, y, x)`` or ``(y, x)`` from TIFF, a Zarr array or a popseg label group."""
     import tifffile
     import zarr
@@ -119,7 +119,7 @@ def export_training(output: Path | str | None, population: str | None, out: Path
     missing = [c for c in chans if c not in names]
     if missing:
         raise PopsegError(f"channel(s) {missing} are not in the movie; its channels are {names}")
-    lab = _read_labels(lab_path)
+    lab = read_label_image(lab_path)
     n_t = mov.sizes["t"]
     if lab.shape[1:] != (mov.sizes["y"], mov.sizes["x"]) or lab.shape[0] not in (1, n_t):
         raise PopsegError(f"labels {lab_path} have shape {lab.shape}, the movie {n_t}x{mov.sizes['y']}x"

@@ -48,7 +48,9 @@ def segment_frame(segmenter: Segmenter, frame: np.ndarray, tile=None, halo: int 
 
     frame = np.asarray(frame)
     Y, X = frame.shape[-2:]
-    if segmenter.cache is not None:  # a frame without its index in a movie: never read or fill a run's cache
+    if segmenter.cache is not None and not getattr(segmenter.cache, "frame_local", False):
+        # a frame without its index in a movie: never read or fill a run's cache (a cache of this
+        # one frame's windows, ``frame_local``, is safe: popseg tune shares one between settings)
         segmenter = copy.copy(segmenter)
         segmenter.cache = None
     segmenter, plan = tile_policy(segmenter, (Y, X), tile, halo, memory_mb=tile_memory_mb)
