@@ -115,3 +115,47 @@ def show_one_of_two(res: dict) -> None:
           f"median of {res['repeats']}; labels equal: {res['labels_equal']}")
     print_rows(res["median_s"], "{:.2f} s")
     print(f"  --overwrite / incremental: {res['ratio']:.2f}x")
+
+
+def tune_vs_runs(a) -> dict:
+    """``tune`` over 20 StarDist settings vs 20 separate runs of the same frames (scored the same way)."""
+    from bench_models import trained_models
+
+    from popseg_dask.config import parse_config
+    from popseg_dask.metrics import match_counts
+    from popseg_dask.tune import IOUS, expand_space, tune
+
+    frames, size = a.frames or 4, a.size or 512
+    models = trained_models(sys.executable)
+    space = {"prob_thresh": [0.3, 0.4, 0.5, 0.6, 0.7], "nms_thresh": [0.2, 0.3, 0.4, 0.5]}
+    grid = expand_space(space)
+    with tempfile.TemporaryDirectory() as tmp, cluster(2) as client:
+        tmp = Path(tmp)
+        m = demo_movie(tmp, frames, size, seed=5)
+        truth = m.truth["targets"]
+        pop = {"segmenter": "stardist", "model": str(models["stardist"]), "tile": "none"}
+        cfg = {"input": "movie.ome.zarr", "output": "runs.zarr", "populations": {"sd": pop}}
+        _run(cfg, tmp, client, overwrite=True)  # warm-up: the workers load the model
+        t0 = time.perf_counter()
+        res = tune(parse_config(cfg, tmp), "sd", truth, list(range(frames)), grid, client=client)
+        tune_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        agree = True
+        for row, setting in zip(res.rows, grid):
+            c = {**cfg, "populations": {"sd": {**pop, **setting}}}
+            _run(c, tmp, client, overwrite=True)
+            labels = _labels(tmp / "runs.zarr", "sd")
+            for iou in IOUS:
+                tp, n_pred, n_true = np.sum([match_counts(labels[t], truth[t], iou) for t in range(frames)], axis=0)
+                agree &= abs(2 * tp / (n_pred + n_true) - row[f"f1@{iou}"]) < 1e-9
+        runs_s = time.perf_counter() - t0
+    return {"movie": {"frames": frames, "size": size}, "settings": len(grid), "tune_s": tune_s, "runs_s": runs_s,
+            "ratio": runs_s / tune_s, "same_scores": bool(agree), "best": res.best()}
+
+
+def show_tune_vs_runs(res: dict) -> None:
+    mv = res["movie"]
+    print(f"tune: {res['settings']} StarDist settings on {mv['frames']} frames of {mv['size']}x{mv['size']}, 2 workers; "
+          f"scores equal to the runs': {res['same_scores']}")
+    print(f"  popseg tune {res['tune_s']:.1f} s, {res['settings']} separate runs {res['runs_s']:.1f} s: "
+          f"{res['ratio']:.1f}x")

@@ -40,6 +40,7 @@ Benchmarks (defaults in brackets; --frames/--size/--repeats override them):
                         recompute, StarDist and Cellpose [4 frames of 1024², 2 repeats]
   one-of-two            a re-run after changing one of two populations vs --overwrite
                         [16 frames of 512², 3 repeats]
+  tune                  popseg tune over 20 StarDist settings vs 20 separate runs [4 frames of 512²]
 """
 
 from __future__ import annotations
@@ -74,6 +75,7 @@ SUITE = {
     "stores": (bench_storage.stores, bench_storage.show_stores),
     "cache": (bench_incremental.cache, bench_incremental.show_cache),
     "one-of-two": (bench_incremental.one_of_two, bench_incremental.show_one_of_two),
+    "tune": (bench_incremental.tune_vs_runs, bench_incremental.show_tune_vs_runs),
 }
 
 
