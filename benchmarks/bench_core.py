@@ -23,6 +23,7 @@ import zarr
 from common import (
     cluster,
     demo_movie,
+    many_frames_movie,
     medians,
     popseg_run,
     print_rows,
@@ -251,27 +252,14 @@ def screen(a) -> dict:
     import psutil
 
     from popseg_dask import load_config, run
-    from popseg_dask.synthetic import DEMO_CONFIG
 
     frames, size = a.frames or 100_000, a.size or 32
     proc = psutil.Process()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        rng = np.random.default_rng(0)
         t0 = time.perf_counter()
-        # one chunk per frame, as microscopy movies are stored (10^5 chunk files)
-        arr = zarr.create_array(str(tmp / "many.zarr"), shape=(frames, 1, size, size), chunks=(1, 1, size, size),
-                                dtype=np.uint16)
-        yy, xx = np.mgrid[:size, :size]
-        blob = ((yy - size / 2) ** 2 + (xx - size / 2) ** 2 < (size / 4) ** 2) * 800
-        for s in range(0, frames, 1000):
-            e = min(frames, s + 1000)
-            arr[s:e, 0] = (rng.normal(100, 10, (e - s, size, size)) + blob).astype(np.uint16)
+        many_frames_movie(tmp, frames, size)  # one chunk per frame (10^5 chunk files)
         write_s = time.perf_counter() - t0
-        pop = {**DEMO_CONFIG["populations"]["targets"], "channel": "nuclei", "tile": "none"}
-        cfg = {"input": "many.zarr", "dims": "tcyx", "channels": ["nuclei"], "output": "many.out.zarr",
-               "populations": {"cells": pop}}
-        (tmp / "many.yaml").write_text(yaml.safe_dump(cfg))
         samples: list[float] = []
         stop = threading.Event()
 

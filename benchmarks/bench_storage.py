@@ -22,9 +22,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-import yaml
 import zarr
-from common import cluster, demo_movie, medians, print_rows
+from common import cluster, demo_movie, many_frames_movie, medians, print_rows
 
 
 @contextlib.contextmanager
@@ -172,7 +171,6 @@ def objects(a) -> dict:
 
     from popseg_dask import load_config, run
     from popseg_dask.io.ledger import Ledger
-    from popseg_dask.synthetic import DEMO_CONFIG
 
     frames, size = a.frames or 1000, a.size or 32
     counted: dict[str, int] = {}
@@ -188,18 +186,7 @@ def objects(a) -> dict:
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        arr = zarr.create_array(str(tmp / "many.zarr"), shape=(frames, 1, size, size), chunks=(1, 1, size, size),
-                                dtype=np.uint16)
-        rng = np.random.default_rng(0)
-        yy, xx = np.mgrid[:size, :size]
-        blob = ((yy - size / 2) ** 2 + (xx - size / 2) ** 2 < (size / 4) ** 2) * 800
-        for s in range(0, frames, 1000):
-            e = min(frames, s + 1000)
-            arr[s:e, 0] = (rng.normal(100, 10, (e - s, size, size)) + blob).astype(np.uint16)
-        pop = {**DEMO_CONFIG["populations"]["targets"], "channel": "nuclei", "tile": "none"}
-        cfg = {"input": "many.zarr", "dims": "tcyx", "channels": ["nuclei"], "output": "many.out.zarr",
-               "populations": {"cells": pop}}
-        (tmp / "many.yaml").write_text(yaml.safe_dump(cfg))
+        many_frames_movie(tmp, frames, size)
         Ledger.clear = counting_clear
         proc, samples, stop = psutil.Process(), [], threading.Event()
 

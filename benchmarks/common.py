@@ -31,6 +31,30 @@ def demo_movie(folder: Path, frames: int, size: int, seed: int, name: str = "mov
     return m
 
 
+def many_frames_movie(folder: Path, frames: int, size: int = 32) -> Path:
+    """``frames`` small frames, one chunk each as microscopy movies are stored (one bright disc on
+    noise), and the config of one untiled threshold population over them; returns the config's path."""
+    import yaml
+    import zarr
+
+    from popseg_dask.synthetic import DEMO_CONFIG
+
+    arr = zarr.create_array(str(folder / "many.zarr"), shape=(frames, 1, size, size), chunks=(1, 1, size, size),
+                            dtype=np.uint16)
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:size, :size]
+    blob = ((yy - size / 2) ** 2 + (xx - size / 2) ** 2 < (size / 4) ** 2) * 800
+    for s in range(0, frames, 1000):
+        e = min(frames, s + 1000)
+        arr[s:e, 0] = (rng.normal(100, 10, (e - s, size, size)) + blob).astype(np.uint16)
+    pop = {**DEMO_CONFIG["populations"]["targets"], "channel": "nuclei", "tile": "none"}
+    cfg = {"input": "many.zarr", "dims": "tcyx", "channels": ["nuclei"], "output": "many.out.zarr",
+           "populations": {"cells": pop}}
+    path = folder / "many.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
 @contextlib.contextmanager
 def cluster(n_workers: int, threads_per_worker: int = 1) -> Iterator:
     """A client on popseg's own embedded LocalCluster, exactly as ``popseg run`` starts it."""
