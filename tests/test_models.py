@@ -364,6 +364,7 @@ def test_cached_network_outputs_rerun_only_post_processing(dl_run, client2, tmp_
     from popseg_dask.config import parse_config
     from popseg_dask.pipeline import run, segment_frame
     from popseg_dask.segmenters import build_segmenter
+    from popseg_dask.io.record import read_run_record
     from popseg_dask.segmenters.model import network_passes
 
     root, mv, _ = dl_run
@@ -405,6 +406,8 @@ def test_cached_network_outputs_rerun_only_post_processing(dl_run, client2, tmp_
     assert passes() == before and _labels(tmp_path / "c.zarr", "cp").max() == 0
     assert "population sd: kept (computed from the same settings and input)" in lines
     assert not (tmp_path / "c.zarr" / "cache").exists() and "cache" not in rec["populations"]["cp"]
+    stored = read_run_record(tmp_path / "c.zarr")
+    assert not any("cache" in p for p in stored["populations"].values())  # kept sd's entry too
 
 
 def test_tune_runs_each_network_once_per_frame(dl_run, client2):

@@ -399,3 +399,32 @@ def test_a_worker_killed_mid_run_on_s3_still_gives_identical_labels(tmp_path, s3
     assert result["record"]["complete"] and result["record"]["frames_computed"] == 60
     for pop, labels in clean.items():
         assert np.array_equal(s3_labels(fs, cfg["output"], pop), labels), pop
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_model_output_cache_on_disk_and_on_s3(where, s3, tmp_path):
+    """Cached network outputs: windows stored and read back, sized in one listing, kept only for
+    the outputs they were computed from."""
+    from popseg_dask.io.cache import ModelOutputCache
+
+    storage, fs = s3
+    if where == "s3":
+        options = parse_config({"input": "x", "storage": storage, "populations": {"p": {"segmenter": "threshold"}}}
+                               ).storage.options("s3")
+        root = Location.of(f"s3://popseg/{tmp_path.name}/cache/sd", options)
+    else:
+        root = Location.of(tmp_path / "cache" / "sd")
+    cache = ModelOutputCache(root)
+    assert cache.open_for("fp1", {"settings": {}}) is False and cache.size() == (0, 0)
+    prob = np.arange(12, dtype=np.float16).reshape(3, 4)
+    for t, box in ((0, (0, 0, 3, 4)), (0, (0, 4, 3, 4)), (5, (0, 0, 3, 4))):
+        cache.save(t, box, {"prob": prob + t})
+    got = cache.load(5, (0, 0, 3, 4))
+    assert got["prob"].dtype == np.float16 and np.array_equal(got["prob"], prob + 5)
+    assert cache.load(1, (0, 0, 3, 4)) is None
+    size, frames = cache.size()
+    objects = [root / f"t{t:06d}" / n for t in (0, 5) for n in (root / f"t{t:06d}").list()]
+    assert frames == 2 and len(objects) == 3 and size == sum(len(o.read_bytes()) for o in objects)
+    assert cache.open_for("fp1", {"settings": {}}) is True and cache.size() == (size, 2)  # kept
+    assert cache.open_for("fp2", {"settings": {"n_tiles": [2, 2]}}) is False  # another network input
+    assert cache.size() == (0, 0) and cache.meta()["fingerprint"] == "fp2"

@@ -33,11 +33,12 @@ from typing import Any
 
 from ..io.record import RunRecord
 
-__all__ = ["Decision", "decide", "labels_from", "network_from", "population_fingerprint"]
+__all__ = ["Decision", "decide", "labels_from", "network_from", "package_version", "population_fingerprint"]
 
 
 @functools.lru_cache(maxsize=None)
-def _version(dist: str) -> str | None:
+def package_version(dist: str) -> str | None:
+    """The installed version of a distribution (None: not installed); read from disk once per process."""
     import importlib.metadata as md
 
     try:
@@ -64,7 +65,7 @@ def labels_from(plan, job, tokens: list[list[str]] | None) -> dict[str, Any]:
     blocks = sorted({c // c_block for c in job.channel_index})
     out = {
         **seg.label_inputs(),
-        "versions": {d: _version(d) for d in seg.label_packages},
+        "versions": {d: package_version(d) for d in seg.label_packages},
         "input": {"url": plan.input.url, "shape": [int(v) for v in movie.shape], "dims": "".join(movie.dims),
                   "channels": [str(movie.c.values[i]) for i in job.channel_index],
                   "pixel_size_um": movie.attrs.get("pixel_size_um"),

@@ -9,7 +9,6 @@ frames were computed from the input as it is now, and writes the run record, ``c
 from __future__ import annotations
 
 import dataclasses
-import functools
 import platform
 import time
 import uuid
@@ -26,7 +25,7 @@ from ..io.lease import Lease
 from ..io.ledger import Ledger, fingerprint
 from ..io.record import RunRecord
 from ..stitch import FrameInfo
-from .lineage import Decision, decide, labels_from, network_from, population_fingerprint
+from .lineage import Decision, decide, labels_from, network_from, package_version, population_fingerprint
 from .plan import RunPlan
 
 __all__ = ["RunState", "prepare_output", "reuse", "same_input"]
@@ -54,19 +53,11 @@ class RunState:
     known: dict[str, dict[int, FrameInfo]] = field(default_factory=dict)
 
 
-@functools.lru_cache(maxsize=1)
 def _package_versions() -> tuple[tuple[str, str], ...]:
-    # package metadata is read from disk: once per process, not once per run (6 % of the
-    # client's time in a run of 48 frames)
-    import importlib.metadata as md
-
-    out = []
-    for pkg in ("popseg-dask", "dask", "distributed", "zarr", "numpy", "scikit-image", "scipy", "xarray"):
-        try:
-            out.append((pkg, md.version(pkg)))
-        except md.PackageNotFoundError:
-            pass
-    return tuple(out)
+    # package_version reads metadata from disk once per process, not once per run (it was 6 % of
+    # the client's time in a run of 48 frames)
+    pkgs = ("popseg-dask", "dask", "distributed", "zarr", "numpy", "scikit-image", "scipy", "xarray")
+    return tuple((pkg, v) for pkg in pkgs if (v := package_version(pkg)) is not None)
 
 
 def input_tokens(plan: RunPlan) -> list | None:
@@ -75,17 +66,18 @@ def input_tokens(plan: RunPlan) -> list | None:
 
 
 def reuse(plan: RunPlan, tokens: list | None, *, overwrite: bool, prune: bool = False
-          ) -> tuple[list[Decision], dict[str, dict]]:
-    """What a run of ``plan`` does with each population of its output, and each configured
-    population's ``labels_from``. Reads the output only (a dry run calls it without the lease)."""
+          ) -> tuple[list[Decision], dict[str, dict], RunRecord | None]:
+    """What a run of ``plan`` does with each population of its output, each configured
+    population's ``labels_from``, and the output's stored run record (None: none there). Reads
+    the output only (a dry run calls it without the lease)."""
     current = {j.name: labels_from(plan, j, tokens) for j in plan.jobs}
     store = LabelStore(plan.output, plan.ngff_version)
     stored = store.read_record()
     if overwrite and not plan.in_place:
-        return [Decision(n, "new") for n in current], current
+        return [Decision(n, "new") for n in current], current, stored
     if stored is None:
         return [Decision(n, "new" if store.population_record(n) is None else "recomputed", ("labels of no run",))
-                for n in current], current
+                for n in current], current, stored
     if stored.get("input") not in (None, plan.input.url):
         raise PopsegError(f"output {plan.output} holds labels of another input ({stored['input']}); pass "
                           "--overwrite to replace them (they would be lost) or set another 'output'")
@@ -97,7 +89,7 @@ def reuse(plan: RunPlan, tokens: list | None, *, overwrite: bool, prune: bool = 
     if overwrite:  # in place: every configured population is replaced, nothing else is touched
         decisions = [Decision(d.population, "recomputed", ("--overwrite",)) if d.population in current else d
                      for d in decisions]
-    return decisions, current
+    return decisions, current, stored
 
 
 def prepare_output(plan: RunPlan, overwrite: bool, prune: bool = False, echo: Echo = lambda m: None
@@ -110,12 +102,12 @@ def prepare_output(plan: RunPlan, overwrite: bool, prune: bool = False, echo: Ec
     store = LabelStore(plan.output, plan.ngff_version)
     tokens = input_tokens(plan)
     status = store.prepare(overwrite=overwrite, in_place=plan.in_place)
-    decisions, current = reuse(plan, tokens, overwrite=overwrite or status == "fresh", prune=prune)
+    decisions, current, stored = reuse(plan, tokens, overwrite=overwrite or status == "fresh", prune=prune)
     if status == "existing":
         for d in decisions:
             echo(d.line())
     _refuse_in_place(plan, store, decisions, overwrite)
-    previous = store.read_record() if status == "existing" else None
+    previous = stored if status == "existing" else None
     if previous and previous.get("complete") and not any(d.computes or d.action == "pruned" for d in decisions):
         return previous
     ledger = Ledger(plan.layout.ledger)

@@ -25,7 +25,7 @@ import numpy as np
 
 from ..cluster import open_client
 from ..config import RunConfig
-from ..io.labels import LabelGrid, create_scratch, relative_source
+from ..io.labels import LabelGrid, LabelStore, create_scratch, relative_source
 from ..io.lease import Lease
 from ..io.record import PopulationRecord, RunRecord
 from ..stitch import FrameInfo, frame_offsets, label_dtype_for
@@ -87,7 +87,7 @@ def run(config: RunConfig, *, scheduler: str | None = None, cluster: str | None 
     t0 = time.perf_counter()
     plan = plan_run(config, in_place=in_place)
     if dry_run:
-        decisions, _ = reuse(plan, input_tokens(plan), overwrite=overwrite, prune=prune)
+        decisions, _, _ = reuse(plan, input_tokens(plan), overwrite=overwrite, prune=prune)
         for d in decisions:
             echo(d.line())
         return {"dry_run": True, "output": str(plan.output),
@@ -130,41 +130,42 @@ def execute(client, plan: RunPlan, *, overwrite: bool = False, prune: bool = Fal
         populations = number_pass(client, state, progress)
         timings["number_s"] = time.perf_counter() - t2
         lease.check()
-        record = finish(client, state, populations, timings, t0)
+        caches = {} if drop_cache else cache_sizes(state, echo)
+        record = finish(client, state, populations, timings, t0, caches)
         fallback_hints(record, echo)
         if drop_cache:
             drop_caches(plan, record, echo)
-        else:
-            cache_sizes(state, record, echo)
         return record
     finally:
         lease.release()
 
 
-def cache_sizes(state: RunState, record: RunRecord, echo: Echo) -> None:
-    """Say (and record) what each computed population's cache of network outputs holds."""
-    changed = False
+def cache_sizes(state: RunState, echo: Echo) -> dict[str, dict[str, int]]:
+    """Say what each computed population's cache of network outputs holds (for its run record)."""
+    out = {}
     for job in state.plan.jobs:
         if job.segmenter.cache is None:
             continue
         size, frames = job.segmenter.cache.size()
         per = size / max(frames, 1)
-        record["populations"][job.name]["cache"] = {"bytes": size, "frames": frames, "bytes_per_frame": round(per)}
+        out[job.name] = {"bytes": size, "frames": frames, "bytes_per_frame": round(per)}
         echo(f"population {job.name}: network outputs cached, {per / 2**20:.2f} MB per frame "
              f"({size / 2**20:.1f} MB; --drop-cache deletes them)")
-        changed = True
-    if changed:
-        state.store.write_record(record)
+    return out
 
 
 def drop_caches(plan: RunPlan, record: RunRecord, echo: Echo) -> None:
-    """Delete every population's cached network outputs (``--drop-cache``)."""
+    """Delete every population's cached network outputs (``--drop-cache``); the stored record no
+    longer mentions them."""
     root = plan.layout.root / "cache"
     if root.exists():
         root.delete()
         echo(f"cached network outputs deleted ({root})")
-    for pop in record.get("populations", {}).values():
-        pop.pop("cache", None)
+    pops = [p for p in record.get("populations", {}).values() if "cache" in p]
+    for pop in pops:
+        pop.pop("cache")
+    if pops:
+        LabelStore(plan.output, plan.ngff_version).write_record(record)
 
 
 def fallback_hints(record: RunRecord, echo: Echo) -> None:
@@ -332,8 +333,9 @@ def population_record(job, infos: list[FrameInfo], counts: np.ndarray, dtype: np
 
 
 def finish(client, state: RunState, populations: dict[str, PopulationRecord], timings: dict[str, float],
-           t0: float) -> RunRecord:
-    """Mark each population complete, drop the run's state, write the record ``complete: true``."""
+           t0: float, caches: dict[str, dict[str, int]] | None = None) -> RunRecord:
+    """Mark each population complete, drop the run's state, write the record ``complete: true``
+    (with ``caches``: what :func:`cache_sizes` found)."""
     if state.tokens is not None:  # an input replaced while this run read it: nothing is marked complete
         plan = state.plan
         same_input(plan, state.tokens, input_tokens(plan), during=True)
@@ -349,5 +351,7 @@ def finish(client, state: RunState, populations: dict[str, PopulationRecord], ti
                   frames_computed=sum(p["frames_computed"] for p in populations.values()))
     for name, info in populations.items():
         record["populations"][name].update(info)
+    for name, cache in (caches or {}).items():
+        record["populations"][name]["cache"] = cache
     state.store.write_record(record)
     return record

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import zipfile
 from dataclasses import dataclass
 from typing import Any
@@ -78,25 +79,29 @@ class ModelOutputCache:
         return False
 
     def size(self) -> tuple[int, int]:
-        """(bytes, frames) stored."""
-        total, frames = 0, 0
-        for name in self.root.list():
-            if not name.startswith("t"):
-                continue
-            frames += 1
-            folder = self.root / name
-            for obj in folder.list():
-                total += _size(folder / obj)
-        return total, frames
+        """(bytes, frames) stored, from one recursive listing (not one request per object)."""
+        sizes = _sizes(self.root)
+        windows = {rel: v for rel, v in sizes.items() if "/" in rel and rel.startswith("t")}
+        return sum(windows.values()), len({rel.split("/", 1)[0] for rel in windows})
 
     def drop(self) -> None:
         """Delete every output and ``cache.json``."""
         self.root.delete()
 
 
-def _size(loc: Location) -> int:
-    if loc.is_local:
-        import os
-
-        return os.path.getsize(loc.url)
-    return int(loc.fs().size(loc.path))
+def _sizes(root: Location) -> dict[str, int]:
+    """Every object under ``root`` by its relative path, with its size."""
+    if root.is_local:
+        base = root.url
+        out = {}
+        for folder, _, files in os.walk(base):
+            for name in files:
+                path = os.path.join(folder, name)
+                out[os.path.relpath(path, base).replace(os.sep, "/")] = os.path.getsize(path)
+        return out
+    try:
+        found = root.fs().find(root.path, detail=True)
+    except FileNotFoundError:
+        return {}
+    prefix = root.path.rstrip("/") + "/"
+    return {p[len(prefix):]: int(info.get("size") or 0) for p, info in found.items() if p.startswith(prefix)}
