@@ -62,7 +62,6 @@ def free_port() -> int:
 def storage(a) -> dict:
     from popseg_dask.config import parse_config
     from popseg_dask.io.labels import open_label_array
-    from popseg_dask.pipeline import run
     from popseg_dask.synthetic import DEMO_CONFIG
 
     frames, size, repeats = a.frames or 24, a.size or 1024, a.repeats or 2
@@ -75,36 +74,53 @@ def storage(a) -> dict:
         fs = parse_config(remote, tmp).location(remote["input"]).fs()
         fs.mkdir("bench")
         fs.put(str(tmp / "movie.ome.zarr"), "bench/movie.ome.zarr", recursive=True)
-        times: dict[str, list[float]] = {"local disk": [], "S3 on loopback": []}
-        server_cpu: list[float] = []
-        with cluster(2) as client:
-            run(parse_config(local, tmp), client=client, overwrite=True)  # warm-up: imports, caches
-            for _ in range(repeats):
-                for name, cfg in (("local disk", local), ("S3 on loopback", remote)):
-                    cpu0 = sum(server.cpu_times()[:2])
-                    t0 = time.perf_counter()
-                    run(parse_config(cfg, tmp), client=client, overwrite=True)
-                    times[name].append(time.perf_counter() - t0)
-                    if cfg is remote:
-                        server_cpu.append(sum(server.cpu_times()[:2]) - cpu0)
+        by_workers = {}
+        for n in (1, 2):
+            times, server_cpu = storage_pairs(n, repeats, local, remote, tmp, server)
+            by_workers[n] = {"times_s": times, "median_s": medians(times), "server_cpu_s": server_cpu}
         same = all(np.array_equal(open_label_array(tmp / "local.zarr", p)[...],
                                   open_label_array(parse_config(remote, tmp).location(remote["output"]), p)[...])
                    for p in DEMO_CONFIG["populations"])
-    med = medians(times)
-    return {"frames": frames, "size": size, "repeats": repeats, "times_s": times, "median_s": med,
-            "server_cpu_s": server_cpu, "server": "python -m moto.server (own process)",
-            "throughput_ratio_s3_vs_local": med["local disk"] / med["S3 on loopback"], "labels_identical": same}
+    med = by_workers[2]["median_s"]
+    ratios = {n: r["median_s"]["local disk"] / r["median_s"]["S3 on loopback"] for n, r in by_workers.items()}
+    return {"frames": frames, "size": size, "repeats": repeats, "times_s": by_workers[2]["times_s"],
+            "median_s": med, "server_cpu_s": by_workers[2]["server_cpu_s"],
+            "by_workers": {str(n): r for n, r in by_workers.items()},
+            "server": "python -m moto.server (own process)", "throughput_ratio_s3_vs_local": ratios[2],
+            "throughput_ratio_by_workers": {str(n): r for n, r in ratios.items()}, "labels_identical": same}
+
+
+def storage_pairs(n: int, repeats: int, local: dict, remote: dict, tmp: Path, server):
+    """Interleaved local/S3 runs on ``n`` workers; with 1 worker the server has a core of its own."""
+    from popseg_dask.config import parse_config
+    from popseg_dask.pipeline import run
+
+    times: dict[str, list[float]] = {"local disk": [], "S3 on loopback": []}
+    server_cpu: list[float] = []
+    with cluster(n) as client:
+        run(parse_config(local, tmp), client=client, overwrite=True)  # warm-up: imports, caches
+        for _ in range(repeats):
+            for name, cfg in (("local disk", local), ("S3 on loopback", remote)):
+                cpu0 = sum(server.cpu_times()[:2])
+                t0 = time.perf_counter()
+                run(parse_config(cfg, tmp), client=client, overwrite=True)
+                times[name].append(time.perf_counter() - t0)
+                if cfg is remote:
+                    server_cpu.append(sum(server.cpu_times()[:2]) - cpu0)
+    return times, server_cpu
 
 
 def show_storage(res: dict) -> None:
-    print(f"storage: {res['frames']} frames of {res['size']}², 2 workers, input and output on local disk vs "
-          f"on S3 (moto, own process, loopback), {res['repeats']} repeats, medians:")
-    print_rows(res["median_s"], "{:.1f} s")
-    if res.get("server_cpu_s"):
-        print(f"  the S3 server's own CPU per S3 run (on the same 2 cores): "
-              f"{float(np.median(res['server_cpu_s'])):.1f} s")
-    print(f"  throughput S3 / local disk: {res['throughput_ratio_s3_vs_local']:.2f}; "
-          f"labels identical: {res['labels_identical']}")
+    runs = res.get("by_workers") or {"2": res}
+    for n, r in runs.items():
+        print(f"storage: {res['frames']} frames of {res['size']}², {n} worker(s), input and output on local disk "
+              f"vs on S3 (moto, own process, loopback), {res['repeats']} repeats, medians:")
+        print_rows(r["median_s"], "{:.1f} s")
+        if r.get("server_cpu_s"):
+            print(f"  the S3 server's own CPU per S3 run (on the same 2 cores): "
+                  f"{float(np.median(r['server_cpu_s'])):.1f} s")
+        print(f"  throughput S3 / local disk: {r['median_s']['local disk'] / r['median_s']['S3 on loopback']:.2f}")
+    print(f"  labels identical: {res['labels_identical']}")
 
 
 def stores(a) -> dict:

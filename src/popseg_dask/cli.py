@@ -139,7 +139,7 @@ def _cmd_export_training(args) -> int:
     if args.output is not None and not args.population:
         raise PopsegError("--population is required with a popseg output")
     meta = export_training(args.output, args.population, args.out, frames=args.frames, tiles=args.tiles,
-                           labels=args.labels, movie=args.movie,
+                           labels=args.labels, movie=args.movie, corrected=args.corrected,
                            channels=args.channels.split(",") if args.channels else None, overwrite=args.overwrite)
     n_obj = sum(i["objects"] for i in meta["items"])
     print(f"training set: {args.out} ({len(meta['items'])} tiles, {n_obj} objects, channels {meta['channels']})")
@@ -147,9 +147,20 @@ def _cmd_export_training(args) -> int:
 
 
 def _cmd_train(args) -> int:
-    from .train import train_model
+    from .io.record import stored_record
+    from .train import export_training, train_model
 
-    res = train_model(args.kind, args.dataset, args.out, base=args.base, epochs=args.epochs, steps=args.steps,
+    dataset = args.dataset
+    if stored_record(dataset) is not None:  # a popseg output: train on a population's corrections
+        if not args.population:
+            raise PopsegError(f"{dataset} is a popseg output: give --population, whose corrected frames to train on")
+        dataset = str(Path(args.out).with_name(Path(args.out).name + ".dataset"))
+        meta = export_training(args.dataset, args.population, dataset, corrected=True, tiles=args.tiles,
+                               overwrite=args.overwrite)
+        print(f"training set: {dataset} ({len(meta['items'])} tiles from the corrected frames of {args.population})")
+    elif args.population:
+        raise PopsegError(f"--population goes with a popseg output; {dataset} is not one (it has no run record)")
+    res = train_model(args.kind, dataset, args.out, base=args.base, epochs=args.epochs, steps=args.steps,
                       size=args.size, patch=args.patch, val_fraction=args.val_fraction, seed=args.seed, overwrite=args.overwrite,
                       echo=print)
     print(f"model: {res['model']} ({res['kind']}, trained in {res['train_s']:.0f} s on {res['train_tiles']} tiles)")
@@ -383,6 +394,8 @@ def _add_exchange_commands(sub) -> None:
     x.add_argument("--frames", help="start:stop:step or a comma list (default: all)")
     x.add_argument("--tiles", type=int, default=1, help="cut each frame into N x N tiles")
     x.add_argument("--labels", help="corrected labels (TIFF or Zarr) instead of the run's")
+    x.add_argument("--corrected", action="store_true",
+                   help="the population's proofread frames (labels/<population>-corrected; default frames: those)")
     x.add_argument("--movie", help="the movie, without a popseg output")
     x.add_argument("--channels", help="comma-separated channels to export")
     x.add_argument("--overwrite", action="store_true")
@@ -390,7 +403,10 @@ def _add_exchange_commands(sub) -> None:
 
     tr = sub.add_parser("train", help="train a StarDist or Cellpose model on an exported training set")
     tr.add_argument("kind", choices=["stardist", "cellpose"])
-    tr.add_argument("dataset", help="folder written by export-training")
+    tr.add_argument("dataset", help="folder written by export-training, or a popseg output with --population "
+                                    "(its corrected frames are exported first)")
+    tr.add_argument("--population", help="with a popseg output: train on this population's corrected frames")
+    tr.add_argument("--tiles", type=int, default=1, help="with a popseg output: cut each frame into N x N tiles")
     tr.add_argument("--out", required=True, help="model folder to create")
     tr.add_argument("--from", dest="base", help="model folder to fine-tune (default: from scratch)")
     tr.add_argument("--epochs", type=int)

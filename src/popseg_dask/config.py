@@ -23,6 +23,8 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, V
 from .errors import PopsegError
 from .location import Location, is_url
 
+CORRECTED_SUFFIX = "-corrected"  # labels/<population>-corrected: proofread frames (popseg_dask.corrections)
+
 __all__ = [
     "Strict",
     "PopulationSpec",
@@ -150,6 +152,9 @@ class RunConfig(Strict):
                 raise ValueError(
                     f"population name {name!r} must be letters, digits, '_', '-' or '.' (it becomes a folder name)"
                 )
+            if name.endswith(CORRECTED_SUFFIX):
+                raise ValueError(f"population name {name!r} ends with {CORRECTED_SUFFIX!r}, which names the "
+                                 "corrections of a population; choose another name")
         return v
 
     def resolve(self, path: Path | str) -> Path:

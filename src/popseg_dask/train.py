@@ -85,7 +85,7 @@ def read_label_image(path: "Location | Path | str") -> np.ndarray:
 def export_training(output: Path | str | None, population: str | None, out: Path | str, *,
                     frames: str | None = None, tiles: int = 1, labels: Path | str | None = None,
                     movie: Path | str | None = None, channels: Sequence[str] | None = None,
-                    overwrite: bool = False) -> dict[str, Any]:
+                    corrected: bool = False, overwrite: bool = False) -> dict[str, Any]:
     """Write paired image/mask tiles for training.
 
     Parameters
@@ -104,6 +104,9 @@ def export_training(output: Path | str | None, population: str | None, out: Path
         Corrected labels (TIFF or Zarr, ``(t, y, x)``) to export instead of the run's.
     movie, channels : optional
         The movie and its channels, when there is no popseg output to read them from.
+    corrected : bool
+        Export the population's proofread frames (``labels/<population>-corrected``, see
+        :mod:`popseg_dask.corrections`); ``frames`` defaults to the corrected ones.
     overwrite : bool
 
     Returns
@@ -114,6 +117,11 @@ def export_training(output: Path | str | None, population: str | None, out: Path
     out = Path(out)
     if tiles < 1:
         raise PopsegError(f"--tiles must be >= 1, got {tiles}")
+    if corrected:
+        if output is None or labels is not None:
+            raise PopsegError("--corrected exports a popseg output's corrections: give the output and "
+                              "--population, without --labels")
+        labels, frames = _corrected_source(output, population, frames)
     mov, chans, lab_path = _training_sources(output, population, labels, movie, channels)
     names = [str(c) for c in mov.c.values]
     missing = [c for c in chans if c not in names]
@@ -136,11 +144,29 @@ def export_training(output: Path | str | None, population: str | None, out: Path
             "normalization": {"mode": DEFAULT_SCALING.mode, "low": DEFAULT_SCALING.low,
                               "high": DEFAULT_SCALING.high, "clip": DEFAULT_SCALING.clip, "scope": "frame"},
             "source": {"labels": str(lab_path), "movie": str(mov.attrs["source"]["path"]),
-                       "population": population},
+                       "population": population, "corrected": corrected},
             "items": items}
     (tmp / DATASET_FILE).write_text(json.dumps(meta, indent=1))
     tmp.rename(out)  # a dataset appears only once complete
     return meta
+
+
+def _corrected_source(output, population, frames):
+    """The corrected label image of ``population`` and the frames to export (default: the corrected)."""
+    from .corrections import open_corrections
+
+    corr = open_corrections(output, population)
+    if corr is None or not corr.frames:
+        raise PopsegError(f"population {population!r} of {output} has no corrected frames; proofread some "
+                          "(napari: Proofread, Save) or drop --corrected")
+    if frames is None:
+        return corr.location, ",".join(str(t) for t in corr.frames)
+    n_t = corr.array().shape[0]
+    extra = sorted(set(parse_frames(frames, n_t)) - set(corr.frames))
+    if extra:
+        raise PopsegError(f"--frames {frames!r} names frames {extra} that have no correction; corrected frames: "
+                          f"{corr.frames}")
+    return corr.location, frames
 
 
 def _training_sources(output, population, labels, movie, channels):

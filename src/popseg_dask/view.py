@@ -17,11 +17,13 @@ def napari_layers(output: Path | str) -> list[tuple[Any, dict, str]]:
     """Layer data for napari, as ``(data, kwargs, layer_type)``: images first, then labels.
 
     Nothing is read: images are the input movie's dask array, labels dask arrays over the
-    output's Zarr arrays.
+    output's Zarr arrays; each population's corrected label image (``<population>-corrected``,
+    only its corrected frames hold labels) follows the populations. Label layers carry
+    ``metadata``: the output's URL and the population, for popseg's napari widgets.
     """
     import dask.array as da
 
-    from .io.layout import OutputLayout
+    from .io.layout import CORRECTED_SUFFIX, OutputLayout
     from .io.record import read_run_record
     from .io.movie import open_run_input
 
@@ -34,11 +36,14 @@ def napari_layers(output: Path | str) -> list[tuple[Any, dict, str]]:
     for i, c in enumerate(movie.c.values):
         layers.append((movie.data[:, i], {"name": str(c), "colormap": _COLORMAPS[i % len(_COLORMAPS)],
                                           "blending": "additive", "scale": scale}, "image"))
-    for p in rec["populations"]:
-        path = OutputLayout(output).label_array(p)
+    layout = OutputLayout(output)
+    for p in list(rec["populations"]) + layout.corrected_names():
+        path = layout.label_array(p)
         if (path / "zarr.json").exists() or (path / ".zarray").exists():
             layers.append((da.from_zarr(path.url, storage_options=path.io_options),
-                           {"name": p, "scale": scale, "opacity": 0.5}, "labels"))
+                           {"name": p, "scale": scale, "opacity": 0.5,
+                            "metadata": {"popseg_output": output.url, "population": p.removesuffix(CORRECTED_SUFFIX),
+                                         "corrected": p.endswith(CORRECTED_SUFFIX)}}, "labels"))
     return layers
 
 

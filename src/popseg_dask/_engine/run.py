@@ -72,8 +72,8 @@ def run(config: RunConfig, *, scheduler: str | None = None, cluster: str | None 
         Say what would be kept, recomputed or added (one line per population) and stop.
     drop_cache : bool
         Delete the output's cached network outputs (``cache: model_outputs``) once the run is done.
-    progress : bool
-        Show a progress bar.
+    progress : bool or callable
+        Show a progress bar; a callable ``progress(stage, done, total)`` receives each step instead.
     client : distributed.Client, optional
         Use this client (and ignore ``scheduler``/``n_workers``).
     echo : callable

@@ -10,15 +10,24 @@ __all__ = ["Progress", "run_progressively"]
 
 
 class Progress:
-    """One status line, rewritten in place (the terminal only; nothing when quiet)."""
+    """One status line, rewritten in place (the terminal only; nothing when quiet).
 
-    def __init__(self, label: str, total: int, show: bool):
-        self.label, self.total, self.done, self.show = label, total, 0, show and total > 0
+    ``show`` may instead be a callable ``show(label, done, total)``, called at every step (a
+    GUI's progress bar); then nothing is written to the terminal.
+    """
+
+    def __init__(self, label: str, total: int, show):
+        self.label, self.total, self.done = label, total, 0
+        self.callback = show if callable(show) else None
+        self.show = bool(show) and self.callback is None and total > 0
         self.t0 = self.last = time.perf_counter()
         self.out = sys.stderr
 
     def step(self, n: int = 1) -> None:
         self.done += n
+        if self.callback is not None:
+            self.callback(self.label, self.done, self.total)
+            return
         now = time.perf_counter()
         if self.show and (now - self.last > 0.5 or self.done == self.total):
             self.last = now

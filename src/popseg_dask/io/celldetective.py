@@ -18,7 +18,13 @@ from ..errors import PopsegError
 from ..location import Location
 from .labels import open_label_array
 
-__all__ = ["experiment_channels", "export_labels", "import_experiment"]
+__all__ = ["experiment_channels", "export_labels", "import_experiment", "threshold_config_json"]
+
+# the keys of Celldetective's threshold_config_<population>.json, popseg's names on the right
+THRESHOLD_JSON_KEYS = {"target_channel": "channel", "thresholds": "thresholds", "filters": "filters",
+                       "marker_min_distance": "marker_min_distance", "marker_footprint_size": "marker_footprint_size",
+                       "feature_queries": "feature_queries", "equalize_reference": "equalize_reference",
+                       "do_watershed": "do_watershed", "fill_holes": "fill_holes", "edge_exclusion": "edge_exclusion"}
 
 
 def export_labels(output: Path | str, experiment: Path | str, *, well: str = "W1", position: str = "100",
@@ -128,4 +134,26 @@ def import_experiment(experiment: Path | str) -> dict[str, Any]:
     except ValueError:
         pass
     out["populations"] = populations
+    return out
+
+
+def threshold_config_json(params: dict[str, Any]) -> dict[str, Any]:
+    """Celldetective's threshold config for a threshold population's validated keys
+    (``ThresholdParams.model_dump()``): what its wizard writes, so Celldetective reads it back.
+
+    ``equalize_reference`` becomes ``[enabled, frame]``, an empty query list ``[""]``; keys
+    Celldetective does not know (``watershed_ties``, ``max_object_px``, ...) are left out.
+    """
+    out: dict[str, Any] = {}
+    for cd_key, key in THRESHOLD_JSON_KEYS.items():
+        value = params.get(key)
+        if key == "equalize_reference":
+            value = [value is not None, int(value or 0)]
+        elif key == "feature_queries":
+            value = list(value or []) or [""]
+        elif key == "thresholds" and value is not None:
+            value = [float(v) for v in value]
+        elif key == "filters":
+            value = [list(f) for f in value or []]
+        out[cd_key] = value
     return out

@@ -108,6 +108,11 @@ class LabelStore:
                 raise PopsegError(f"output {self.root} already exists; pass --overwrite to replace it or set another 'output'")
             return "existing"
         if contents:
+            corrected = self.paths.corrected_names()
+            if corrected:
+                raise PopsegError(
+                    f"output {self.root} holds proofread labels ({', '.join('labels/' + n for n in corrected)}); "
+                    "--overwrite would delete them: set another 'output', or move them away first")
             if "zarr.json" not in contents and ".zgroup" not in contents:
                 raise PopsegError(
                     f"output {self.root} exists and is not a Zarr store; refusing to delete it with --overwrite"

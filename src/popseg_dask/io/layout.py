@@ -23,13 +23,16 @@ import posixpath
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..config import CORRECTED_SUFFIX
 from ..location import Location
 
-__all__ = ["LEASE_DIR", "OutputLayout", "RECORD_KEY", "default_output", "input_stem"]
+__all__ = ["CORRECTED_SUFFIX", "CORRECTION_KEY", "LEASE_DIR", "OutputLayout", "RECORD_KEY", "default_output",
+           "input_stem"]
 
 _SUFFIXES = (".ome.zarr", ".zarr", ".ome.tiff", ".ome.tif", ".tiff", ".tif")
 LEASE_DIR = ".popseg-lease"
 RECORD_KEY = "popseg"  # attribute holding the run record (root) and population records (label groups)
+CORRECTION_KEY = "popseg_correction"  # attribute of a corrected label image: which frames, from what
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,12 @@ class OutputLayout:
     def label_group(self, population: str) -> Location:
         """The population's NGFF image-label group."""
         return self.labels_group / population
+
+    def corrected_names(self) -> list[str]:
+        """Label images of proofread frames in this output (``<population>-corrected``)."""
+        if not self.labels_group.exists():
+            return []
+        return sorted(n for n in self.labels_group.list() if n.endswith(CORRECTED_SUFFIX))
 
     def label_array(self, population: str) -> Location:
         """The population's (t, y, x) label array (the group's only resolution level)."""

@@ -1,0 +1,140 @@
+"""A population's labels on one frame for edited settings, exactly as a run would write them.
+
+:class:`Preview` opens the movie once; each call validates the edited population as the CLI
+does (:func:`popseg_dask.config.parse_config`, so an error is the CLI's one line), builds its
+segmenter, and segments the frame with :func:`popseg_dask.pipeline.segment_frame` — the run's tile
+policy, halo, frame facts, merges and numbering. A run's frame holds the same objects with its ids
+shifted by the frame's offset in the movie. The napari tuner is a view on this class.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .config import RunConfig, parse_config
+from .errors import PopsegError
+
+__all__ = ["Preview", "PreviewResult"]
+
+# keys common to every population that a tuner shows beside the segmenter's own
+COMMON_KEYS = ("tile", "halo")
+
+
+class PreviewResult(dict):
+    """``labels`` (y, x), ``objects``, ``seconds``, ``merged_regions`` and ``whole_frame`` of one preview."""
+
+
+class Preview:
+    """Preview a population of a config on single frames.
+
+    Parameters
+    ----------
+    data : mapping
+        The config as YAML gives it (``input``, ``populations``, ...).
+    base_dir : path
+        The config file's folder (relative paths resolve against it).
+    """
+
+    def __init__(self, data: dict[str, Any], base_dir: Path | str = "."):
+        from .pipeline import plan_run
+
+        self.data = copy.deepcopy(data)
+        self.base_dir = Path(base_dir)
+        self.config: RunConfig = parse_config(self.data, self.base_dir)
+        self.plan = plan_run(self.config)
+        self.movie = self.plan.movie
+        self.channel_names = [str(c) for c in self.movie.c.values]
+        self._frames: dict[int, np.ndarray] = {}
+        self._stats: dict[str, Any] = {}
+
+    @property
+    def populations(self) -> list[str]:
+        return list(self.data["populations"])
+
+    @property
+    def n_frames(self) -> int:
+        return int(self.movie.sizes["t"])
+
+    def settings(self, population: str) -> dict[str, Any]:
+        """The population's keys as the config gives them (a copy to edit)."""
+        self._known(population)
+        return copy.deepcopy(self.data["populations"][population])
+
+    def with_settings(self, population: str, settings: dict[str, Any]) -> dict[str, Any]:
+        """The whole config with ``population``'s keys replaced (what Save writes)."""
+        self._known(population)
+        out = copy.deepcopy(self.data)
+        out["populations"][population] = copy.deepcopy(settings)
+        return out
+
+    def segmenter(self, population: str, settings: dict[str, Any]):
+        """The population's segmenter for ``settings``, validated as a run validates it."""
+        from .segmenters import build_segmenter
+
+        cfg = parse_config(self.with_settings(population, settings), self.base_dir)
+        spec = cfg.populations[population].model_copy(update={"cache": "none"})
+        seg = build_segmenter(population, spec, self.channel_names, base_dir=self.base_dir,
+                              pixel_size_um=self.movie.attrs["pixel_size_um"])
+        return seg.on_device("cpu"), spec
+
+    def frame(self, t: int) -> np.ndarray:
+        """All channels of frame ``t`` (c, y, x), read once."""
+        if not 0 <= t < self.n_frames:
+            raise PopsegError(f"frame {t} is outside the movie (frames 0..{self.n_frames - 1})")
+        if t not in self._frames:
+            if len(self._frames) > 4:
+                self._frames.pop(next(iter(self._frames)))
+            self._frames[t] = np.asarray(self.movie.data[t].compute(scheduler="threads"))
+        return self._frames[t]
+
+    def labels(self, population: str, t: int, settings: dict[str, Any] | None = None) -> PreviewResult:
+        """Segment frame ``t`` with ``settings`` (default: the config's) as a run would.
+
+        Returns
+        -------
+        PreviewResult
+            ``labels`` with ids 1..n in the run's order; ``seconds`` the time it took.
+        """
+        from .pipeline import segment_frame
+
+        settings = self.settings(population) if settings is None else settings
+        t0 = time.perf_counter()
+        seg, spec = self.segmenter(population, settings)
+        idx = [self.channel_names.index(c) for c in seg.channels]
+        labels, info = segment_frame(seg, self.frame(t)[idx], tile=spec.tile, halo=spec.halo,
+                                     stats=self._movie_stats(seg, idx), tile_memory_mb=spec.tile_memory_mb)
+        return PreviewResult(labels=labels, objects=int(labels.max()), seconds=time.perf_counter() - t0,
+                             merged_regions=int(info.regions), whole_frame=bool(info.whole_frame))
+
+    def filtered(self, population: str, t: int, settings: dict[str, Any] | None = None) -> np.ndarray | None:
+        """The frame a threshold population thresholds (its filters applied), for a histogram;
+        None for segmenters that do not threshold."""
+        from .segmenters.filters import apply_filters
+
+        settings = self.settings(population) if settings is None else settings
+        seg, _ = self.segmenter(population, settings)
+        filters = getattr(getattr(seg, "params", None), "filters", None)
+        if filters is None or not hasattr(seg.params, "thresholds"):
+            return None
+        idx = [self.channel_names.index(c) for c in seg.channels]
+        return apply_filters(self.frame(t)[idx][0].astype(np.float32), filters)
+
+    def _movie_stats(self, seg, idx: list[int]) -> Any:
+        refs = seg.reference_frames()
+        if not refs:
+            return None  # what a run passes when the segmenter needs no reference frame
+        key = json.dumps([seg.name, refs, idx])
+        if key not in self._stats:
+            self._stats[key] = seg.movie_stats({t: self.frame(t)[idx] for t in refs})
+        return self._stats[key]
+
+    def _known(self, population: str) -> None:
+        if population not in self.data["populations"]:
+            raise PopsegError(f"population {population!r} is not in the config; its populations are "
+                              f"{self.populations}")
