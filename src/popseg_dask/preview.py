@@ -20,10 +20,13 @@ import numpy as np
 from .config import RunConfig, parse_config
 from .errors import PopsegError
 
-__all__ = ["Preview", "PreviewResult"]
+__all__ = ["Preview", "PreviewResult", "segment_on"]
 
-# keys common to every population that a tuner shows beside the segmenter's own
-COMMON_KEYS = ("tile", "halo")
+# Segmenters whose labels come only from these packages are previewed in this process; any other
+# (a network on TensorFlow or PyTorch) in a child process: a GUI's process has an OpenGL context,
+# and TensorFlow's LLVM crashes on import beside Mesa's (seen with napari under Xvfb), and a
+# network's forward pass should not hold the viewer's interpreter.
+IN_PROCESS_PACKAGES = frozenset({"numpy", "scipy", "scikit-image", "scikit_image"})
 
 
 class PreviewResult(dict):
@@ -52,6 +55,7 @@ class Preview:
         self.channel_names = [str(c) for c in self.movie.c.values]
         self._frames: dict[int, np.ndarray] = {}
         self._stats: dict[str, Any] = {}
+        self._pool = None
 
     @property
     def populations(self) -> list[str]:
@@ -101,14 +105,15 @@ class Preview:
         PreviewResult
             ``labels`` with ids 1..n in the run's order; ``seconds`` the time it took.
         """
-        from .pipeline import segment_frame
-
         settings = self.settings(population) if settings is None else settings
         t0 = time.perf_counter()
         seg, spec = self.segmenter(population, settings)
         idx = [self.channel_names.index(c) for c in seg.channels]
-        labels, info = segment_frame(seg, self.frame(t)[idx], tile=spec.tile, halo=spec.halo,
-                                     stats=self._movie_stats(seg, idx), tile_memory_mb=spec.tile_memory_mb)
+        args = (seg, self.frame(t)[idx], spec.tile, spec.halo, self._movie_stats(seg, idx), spec.tile_memory_mb)
+        if set(seg.label_packages) <= IN_PROCESS_PACKAGES:
+            labels, info = segment_on(*args)
+        else:
+            labels, info = self._child().submit(segment_on, *args).result()
         return PreviewResult(labels=labels, objects=int(labels.max()), seconds=time.perf_counter() - t0,
                              merged_regions=int(info.regions), whole_frame=bool(info.whole_frame))
 
@@ -125,6 +130,21 @@ class Preview:
         idx = [self.channel_names.index(c) for c in seg.channels]
         return apply_filters(self.frame(t)[idx][0].astype(np.float32), filters)
 
+    def _child(self):
+        """One spawned process for network previews, kept: its loaded models stay loaded."""
+        if self._pool is None:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            self._pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+        return self._pool
+
+    def close(self) -> None:
+        """End the child process of network previews, if one was started."""
+        if self._pool is not None:
+            self._pool.shutdown(cancel_futures=True)
+            self._pool = None
+
     def _movie_stats(self, seg, idx: list[int]) -> Any:
         refs = seg.reference_frames()
         if not refs:
@@ -138,3 +158,10 @@ class Preview:
         if population not in self.data["populations"]:
             raise PopsegError(f"population {population!r} is not in the config; its populations are "
                               f"{self.populations}")
+
+
+def segment_on(segmenter, pixels, tile, halo, stats, tile_memory_mb):
+    """:func:`popseg_dask.pipeline.segment_frame` with positional arguments (what a child runs)."""
+    from .pipeline import segment_frame
+
+    return segment_frame(segmenter, pixels, tile=tile, halo=halo, stats=stats, tile_memory_mb=tile_memory_mb)

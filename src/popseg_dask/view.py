@@ -5,23 +5,45 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from .errors import PopsegError
 from .location import Location
 
-__all__ = ["napari_layers", "view"]
+__all__ = ["InProcess", "napari_layers", "view"]
 
 _COLORMAPS = ["gray", "green", "magenta", "cyan", "yellow", "red", "blue"]
+
+
+class InProcess:
+    """A dask array that napari slices in this process (threads), never on a Dask cluster that
+    happens to be the default client: workers may lack this process's credentials, and a slice
+    for the screen should not queue behind a run's tasks."""
+
+    def __init__(self, array):
+        self.array = array
+        self.shape, self.dtype, self.ndim = array.shape, array.dtype, array.ndim
+
+    def __getitem__(self, key):
+        return np.asarray(self.array[key].compute(scheduler="threads"))
+
+    def __array__(self, dtype=None, copy=None):
+        out = np.asarray(self.array.compute(scheduler="threads"))
+        return out.astype(dtype) if dtype is not None else out
+
+    def __len__(self) -> int:
+        return self.shape[0]
 
 
 def napari_layers(output: Path | str) -> list[tuple[Any, dict, str]]:
     """Layer data for napari, as ``(data, kwargs, layer_type)``: images first, then labels.
 
-    Nothing is read: images are the input movie's dask array, labels dask arrays over the
-    output's Zarr arrays; each population's corrected label image (``<population>-corrected``,
+    Nothing is read: images are the input movie's dask array (read in this process, see
+    :class:`InProcess`), labels the output's Zarr arrays; each population's corrected label image (``<population>-corrected``,
     only its corrected frames hold labels) follows the populations. Label layers carry
     ``metadata``: the output's URL and the population, for popseg's napari widgets.
     """
-    import dask.array as da
+    import zarr
 
     from .io.layout import CORRECTED_SUFFIX, OutputLayout
     from .io.record import read_run_record
@@ -34,13 +56,13 @@ def napari_layers(output: Path | str) -> list[tuple[Any, dict, str]]:
     scale = (1.0, px, px)
     layers: list[tuple[Any, dict, str]] = []
     for i, c in enumerate(movie.c.values):
-        layers.append((movie.data[:, i], {"name": str(c), "colormap": _COLORMAPS[i % len(_COLORMAPS)],
+        layers.append((InProcess(movie.data[:, i]), {"name": str(c), "colormap": _COLORMAPS[i % len(_COLORMAPS)],
                                           "blending": "additive", "scale": scale}, "image"))
     layout = OutputLayout(output)
     for p in list(rec["populations"]) + layout.corrected_names():
         path = layout.label_array(p)
         if (path / "zarr.json").exists() or (path / ".zarray").exists():
-            layers.append((da.from_zarr(path.url, storage_options=path.io_options),
+            layers.append((zarr.open_array(store=path.zarr_store(read_only=True), mode="r"),
                            {"name": p, "scale": scale, "opacity": 0.5,
                             "metadata": {"popseg_output": output.url, "population": p.removesuffix(CORRECTED_SUFFIX),
                                          "corrected": p.endswith(CORRECTED_SUFFIX)}}, "labels"))
