@@ -41,6 +41,9 @@ Benchmarks (defaults in brackets; --frames/--size/--repeats override them):
   one-of-two            a re-run after changing one of two populations vs --overwrite
                         [16 frames of 512², 3 repeats]
   tune                  popseg tune over 20 StarDist settings vs 20 separate runs [4 frames of 512²]
+  napari                the napari tuner: a setting edited -> preview updated, vs the same preview
+                        computed directly; --screenshots writes docs/napari-*.png [2 frames of 2048²,
+                        10 edits; needs a display: xvfb-run -a python benchmarks/run.py napari]
 """
 
 from __future__ import annotations
@@ -53,6 +56,7 @@ from pathlib import Path
 import bench_core
 import bench_incremental
 import bench_models
+import bench_napari
 import bench_peers
 import bench_storage
 import bench_tiles
@@ -76,6 +80,7 @@ SUITE = {
     "cache": (bench_incremental.cache, bench_incremental.show_cache),
     "one-of-two": (bench_incremental.one_of_two, bench_incremental.show_one_of_two),
     "tune": (bench_incremental.tune_vs_runs, bench_incremental.show_tune_vs_runs),
+    "napari": (bench_napari.napari_preview, bench_napari.show_napari_preview),
 }
 
 
@@ -88,6 +93,7 @@ def main(argv=None) -> int:
     p.add_argument("--tiles", type=int, nargs="+", default=None)
     p.add_argument("--movie", choices=["demo", "dense", "dense-drawn"], default="demo",
                    help="tiles: the demo's sparse co-culture, or a dense field of nuclei (popseg_dask.dense)")
+    p.add_argument("--screenshots", action="store_true", help="napari: write the README's screenshots to docs/")
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results", help="folder for the JSON")
     p.add_argument("--celldetective-python", help="python of a venv with celldetective==1.6.5 "
                    "(default: benchmarks/.venv-celldetective, created on first use)")

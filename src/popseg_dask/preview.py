@@ -56,6 +56,7 @@ class Preview:
         self._frames: dict[int, np.ndarray] = {}
         self._stats: dict[str, Any] = {}
         self._pool = None
+        self._filtered: dict[str, np.ndarray] = {}
 
     @property
     def populations(self) -> list[str]:
@@ -128,7 +129,10 @@ class Preview:
         if filters is None or not hasattr(seg.params, "thresholds"):
             return None
         idx = [self.channel_names.index(c) for c in seg.channels]
-        return apply_filters(self.frame(t)[idx][0].astype(np.float32), filters)
+        key = json.dumps([t, idx, filters], default=str)  # a marker or threshold edit reuses it
+        if key not in self._filtered:
+            self._filtered = {key: apply_filters(self.frame(t)[idx][0].astype(np.float32), filters)}
+        return self._filtered[key]
 
     def _child(self):
         """One spawned process for network previews, kept: its loaded models stay loaded."""

@@ -70,7 +70,8 @@ def napari_layers(output: Path | str) -> list[tuple[Any, dict, str]]:
 
 
 def view(output: Path | str) -> None:
-    """Open napari on a run (needs the ``napari`` extra and a display)."""
+    """Open napari on a run (needs the ``napari`` extra and a display): the output through
+    popseg's reader, with the proofreading and export/train widgets docked."""
     try:
         import napari
     except ImportError:
@@ -78,4 +79,6 @@ def view(output: Path | str) -> None:
     viewer = napari.Viewer(title=f"popseg: {output}")
     for data, kwargs, kind in napari_layers(output):
         getattr(viewer, f"add_{kind}")(data, **kwargs)
+    for widget in ("Proofread", "Export and train"):
+        viewer.window.add_plugin_dock_widget("popseg-dask", widget)
     napari.run()

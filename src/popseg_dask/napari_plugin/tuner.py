@@ -144,8 +144,16 @@ class TunerWidget(QWidget):
         return int(self.viewer.dims.current_step[0]) if self.viewer.dims.ndim > 2 else 0
 
     # ---------------------------------------------------------------- preview
+    def attached(self) -> bool:
+        """Whether the widget is still in a window: a closed (undocked, deleted) tuner must not
+        keep answering the viewer's frame changes."""
+        try:
+            return self.parent() is not None
+        except RuntimeError:  # its Qt object is gone
+            return False
+
     def _frame_moved(self, event=None) -> None:
-        if self.preview is not None and self.live.isChecked():
+        if self.preview is not None and self.live.isChecked() and self.attached():
             self.schedule()
 
     def schedule(self) -> None:
@@ -181,6 +189,8 @@ class TunerWidget(QWidget):
         return res
 
     def _show(self, res: dict[str, Any]) -> None:
+        if not self.attached():
+            return
         self.last_result = res
         if "error" in res:
             self.status.setText(res["error"])
