@@ -87,6 +87,33 @@ def test_reader_opens_the_output_lazily_with_corrections(make_napari_viewer, out
     assert np.array_equal(np.asarray(viewer.layers["targets"].data), read_labels(output, "targets"))
 
 
+def test_reader_browses_a_multiscale_movie(make_napari_viewer, demo_dir, client2):
+    import zarr
+
+    from popseg_dask.io.movie import movie_levels, open_movie
+
+    movie = demo_dir / "movie.ome.zarr"
+    grp = zarr.open_group(str(movie), mode="a")
+    full = np.asarray(grp["0"])
+    zarr.create_array(store=str(movie / "1"), data=full[..., ::2, ::2], chunks=(1, 1, 96, 96))
+    ome = dict(grp.attrs["ome"])
+    ms = copy.deepcopy(ome["multiscales"][0])
+    level1 = copy.deepcopy(ms["datasets"][0])
+    level1["path"] = "1"
+    level1["coordinateTransformations"][0]["scale"] = [
+        s * (2 if i >= 2 else 1) for i, s in enumerate(level1["coordinateTransformations"][0]["scale"])]
+    ms["datasets"].append(level1)
+    grp.attrs["ome"] = {**ome, "multiscales": [ms]}
+    levels = movie_levels(open_movie(movie))
+    assert [lv.shape for lv in levels] == [(4, 2, 192, 192), (4, 2, 96, 96)]
+    assert np.array_equal(np.asarray(levels[1][1]), full[1][:, ::2, ::2])
+    run(load_config(demo_dir / "run.yaml"), client=client2)  # runs read level 0 only
+    viewer = make_napari_viewer()
+    viewer.open(str(demo_dir / "movie.popseg.zarr"), plugin="popseg-dask")
+    nuclei = viewer.layers["nuclei"]
+    assert nuclei.multiscale and len(nuclei.data) == 2 and nuclei.data[1].shape == (4, 96, 96)
+
+
 def test_reader_opens_an_output_on_s3(make_napari_viewer, output, monkeypatch):
     from moto.server import ThreadedMotoServer
 
@@ -111,6 +138,12 @@ def test_reader_opens_an_output_on_s3(make_napari_viewer, output, monkeypatch):
         layers = viewer.open("s3://gui/tiled.popseg.zarr", plugin="popseg-dask")
         assert [x.name for x in layers][-2:] == ["targets", "effectors"]
         assert np.array_equal(np.asarray(viewer.layers["effectors"].data), read_labels(output, "effectors"))
+        # corrections are saved into the remote output too (lease by conditional PUT), and read back
+        remote = "s3://gui/tiled.popseg.zarr"
+        frame = corr.frame_for_editing(remote, "effectors", 1)
+        corr.save_corrections(remote, "effectors", {1: corr.delete_object(frame, int(np.unique(frame)[1]))})
+        assert corr.open_corrections(remote, "effectors").frames == [1]
+        assert get_reader(remote)(remote)[-1][1]["name"] == "effectors-corrected"
     finally:
         server.stop()
 

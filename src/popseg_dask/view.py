@@ -22,7 +22,7 @@ class InProcess:
 
     def __init__(self, array):
         self.array = array
-        self.shape, self.dtype, self.ndim = array.shape, array.dtype, array.ndim
+        self.shape, self.dtype, self.ndim, self.size = array.shape, array.dtype, array.ndim, array.size
 
     def __getitem__(self, key):
         return np.asarray(self.array[key].compute(scheduler="threads"))
@@ -47,7 +47,7 @@ def napari_layers(output: Path | str) -> list[tuple[Any, dict, str]]:
 
     from .io.layout import CORRECTED_SUFFIX, OutputLayout
     from .io.record import read_run_record
-    from .io.movie import open_run_input
+    from .io.movie import movie_levels, open_run_input
 
     output = Location.of(output)
     rec = read_run_record(output, complete=False)
@@ -55,8 +55,10 @@ def napari_layers(output: Path | str) -> list[tuple[Any, dict, str]]:
     px = movie.attrs["pixel_size_um"] or 1.0
     scale = (1.0, px, px)
     layers: list[tuple[Any, dict, str]] = []
+    levels = movie_levels(movie)
     for i, c in enumerate(movie.c.values):
-        layers.append((InProcess(movie.data[:, i]), {"name": str(c), "colormap": _COLORMAPS[i % len(_COLORMAPS)],
+        data = [InProcess(lev[:, i]) for lev in levels]  # several levels: napari browses a pyramid
+        layers.append((data if len(data) > 1 else data[0], {"multiscale": len(data) > 1, "name": str(c), "colormap": _COLORMAPS[i % len(_COLORMAPS)],
                                           "blending": "additive", "scale": scale}, "image"))
     layout = OutputLayout(output)
     for p in list(rec["populations"]) + layout.corrected_names():

@@ -29,7 +29,7 @@ import zarr
 from ..errors import PopsegError
 from ..location import Location
 
-__all__ = ["open_movie", "open_run_input", "describe", "SUPPORTED_DTYPES"]
+__all__ = ["open_movie", "open_run_input", "movie_levels", "describe", "SUPPORTED_DTYPES"]
 
 DIMS = ("t", "c", "y", "x")
 # Integer and float pixels; complex, bool and object data are not images we can threshold.
@@ -123,6 +123,24 @@ def _open_source(loc: Location, dims: str | None, channels: list[str] | None):
     if path.is_dir():
         return _open_zarr(loc, dims)
     raise PopsegError(f"{path} is not a movie popseg can read (expected an OME-Zarr/Zarr folder or a .tif/.tiff file)")
+
+
+def movie_levels(movie: xr.DataArray) -> list[da.Array]:
+    """The movie and its coarser resolution levels (OME-Zarr multiscales), each lazy (t, c, y, x)
+    with the movie's channels; only level 0 for other inputs. For viewers: runs read level 0."""
+    src = movie.attrs["source"]
+    levels = src.get("levels") or []
+    if src.get("format") != "ome-zarr" or len(levels) < 2:
+        return [movie.data]
+    root = Location.of(src["path"])
+    out = [movie.data]
+    for name in levels[1:]:
+        arr = _zarr_open(root / name)
+        lev, _ = _to_tcyx(_dask_array(root / name, arr), src["axes"], root.url)
+        if lev.shape[:2] != movie.data.shape[:2]:
+            break  # a level that is not the same movie at a coarser scale: browse level 0 only
+        out.append(lev)
+    return out
 
 
 def open_run_input(record: dict) -> xr.DataArray:
@@ -238,6 +256,8 @@ def _open_zarr(path: Location, dims: str | None):
         "format": "ome-zarr",
         "ngff_version": version,
         "level_path": level0["path"],
+        "levels": [str(d["path"]) for d in ms["datasets"]],  # for viewers: coarser levels to browse
+        "axes": axes,
         "unit_to_um": _UNIT_TO_UM.get(str(unit).lower()) if unit else None,
     }
     level = _zarr_open(arr_path)
