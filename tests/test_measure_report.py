@@ -161,14 +161,16 @@ def test_celldetective_import(tmp_path, capsys):
 def test_napari_layers_are_lazy(tiled_run):
     import dask.array as da
 
-    from popseg_dask.view import napari_layers
+    from popseg_dask.view import InProcess, napari_layers
 
     d, rec, res = tiled_run
     layers = napari_layers(d / "movie.popseg.zarr")
     kinds = [(k, kw["name"]) for _, kw, k in layers]
     assert kinds[:2] == [("image", "nuclei"), ("image", "cfse")]
     assert sorted(kinds[2:]) == [("labels", "effectors"), ("labels", "targets")]
-    assert all(isinstance(data, da.Array) for data, _, _ in layers)
+    # images: the movie's dask array, sliced in this process; labels: the Zarr arrays themselves
+    assert all(isinstance(data, InProcess) and isinstance(data.array, da.Array) for data, _, _ in layers[:2])
+    assert all(isinstance(data, zarr.Array) for data, _, _ in layers[2:])
     assert all(layer[0].shape == (4, 192, 192) for layer in layers[2:]) and layers[0][1]["scale"] == (1.0, 0.65, 0.65)
 
 

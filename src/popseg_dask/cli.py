@@ -196,39 +196,31 @@ def _cmd_bench(args) -> int:
 
 
 def _cmd_tune(args) -> int:
-    import yaml
-
     from .cluster import open_client
-    from .config import load_config
-    from .train import parse_frames, read_label_image
+    from .config import load_config, read_yaml
+    from .train import read_label_image
     from .tune import default_space, expand_space, table_lines, tune, write_outputs
 
     config = load_config(args.config)
-    if args.population not in config.populations:
+    spec = config.populations.get(args.population)
+    if spec is None:  # before reading labels or starting a cluster
         raise PopsegError(f"--population {args.population!r} is not in {args.config}; its populations are "
                           f"{list(config.populations)}")
-    spec = config.populations[args.population]
     truth = read_label_image(args.truth)
-    from .io.movie import open_movie
-
-    n_t = open_movie(config.location(config.input), channels=config.channels, dims=config.dims).sizes["t"]
-    frames = parse_frames(args.frames, n_t) if args.frames else list(range(min(n_t, truth.shape[0])))
-    if truth.shape[0] == n_t:
-        truth = truth[frames]
-    elif truth.shape[0] != len(frames):
-        raise PopsegError(f"the truth labels hold {truth.shape[0]} frame(s): give the movie's {n_t}, or exactly "
-                          f"the {len(frames)} of --frames, in order")
-    space = yaml.safe_load(Path(args.space).read_text()) if args.space else default_space(spec.segmenter, spec.params())
+    if args.space and not Path(args.space).is_file():
+        raise PopsegError(f"--space {args.space} not found; give a YAML file of keys and their candidate values")
+    space = read_yaml(Path(args.space).read_text(), args.space) if args.space else \
+        default_space(spec.segmenter, spec.params())
     grid = expand_space(space, args.samples, args.seed)
     out = Path(args.out) if args.out else Path(args.config).with_suffix(".tune")
-    print(f"tuning population {args.population}: {len(grid)} setting(s) on {len(frames)} frame(s) {frames}")
+    print(f"tuning population {args.population}: {len(grid)} setting(s)")
     with open_client(args.scheduler, n_workers=args.workers, gpu_workers=0) as client:
-        result = tune(config, args.population, truth, frames, grid, client=client)
+        result = tune(config, args.population, truth, args.frames or None, grid, client=client)
     for line in table_lines(result):
         print(line)
-    paths = write_outputs(result, yaml.safe_load(Path(args.config).read_text()), out)
+    paths = write_outputs(result, read_yaml(Path(args.config).read_text(), args.config), out)
     print(f"best: #{result.best()['index']} {json.dumps(result.best()['settings'])} (mean F1 "
-          f"{result.best()['mean_f1']:.3f}) in {result.seconds:.1f} s")
+          f"{result.best()['mean_f1']:.3f}) on frame(s) {result.frames} in {result.seconds:.1f} s")
     print(f"written {paths['table']}, {paths['plot']} and {paths['config']} (the config with the best setting)")
     return 0
 

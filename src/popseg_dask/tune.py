@@ -129,8 +129,29 @@ def _f1(tp: int, n_pred: int, n_true: int) -> float:
     return 2 * tp / (n_pred + n_true) if n_pred + n_true else 1.0
 
 
-def tune(config: RunConfig, population: str, truth: np.ndarray, frames: list[int], grid: list[dict[str, Any]], *,
-         client) -> TuneResult:
+def truth_frames(truth: np.ndarray, n_frames: int, frames: "list[int] | str | None") -> tuple[np.ndarray, list[int]]:
+    """The truth labels of the frames to score, and those frames.
+
+    ``frames``: a list, a ``--frames`` text (``start:stop:step`` or ``0,5,9``) or None (the
+    first ``len(truth)`` frames). ``truth`` holds either the whole movie's frames or exactly
+    those frames, in order.
+    """
+    from .train import parse_frames
+
+    if frames is None:
+        frames = list(range(min(n_frames, truth.shape[0])))
+    elif isinstance(frames, str):
+        frames = parse_frames(frames, n_frames)
+    if truth.shape[0] == n_frames:
+        return truth[frames], list(frames)
+    if truth.shape[0] != len(frames):
+        raise PopsegError(f"the truth labels hold {truth.shape[0]} frame(s): give the movie's {n_frames}, or exactly "
+                          f"the {len(frames)} of --frames, in order")
+    return truth, list(frames)
+
+
+def tune(config: RunConfig, population: str, truth: np.ndarray, frames: "list[int] | str | None",
+         grid: list[dict[str, Any]], *, client) -> TuneResult:
     """Score every setting of ``grid`` on ``frames`` of the movie against ``truth`` (t, y, x per frame).
 
     Parameters
@@ -138,9 +159,10 @@ def tune(config: RunConfig, population: str, truth: np.ndarray, frames: list[int
     config : RunConfig
     population : str
         The population to tune (its other keys stay as configured).
-    truth : array (len(frames), y, x)
-        The known labels of those frames, in their order.
-    frames : list of int
+    truth : array (t, y, x)
+        The known labels: of the whole movie, or of ``frames`` in their order.
+    frames : list of int, str or None
+        The frames to score (see :func:`truth_frames`).
     grid : list of dict
         The settings: keys of the population and their values.
     client : distributed.Client
@@ -160,6 +182,7 @@ def tune(config: RunConfig, population: str, truth: np.ndarray, frames: list[int
     plan = plan_run(config)
     job = next(j for j in plan.jobs if j.name == population)
     movie, spec = plan.movie, config.populations[population]
+    truth, frames = truth_frames(truth, int(movie.sizes["t"]), frames)
     if truth.shape[1:] != tuple(plan.frame_shape):
         raise PopsegError(f"the truth labels are {truth.shape[1]}x{truth.shape[2]} but the movie's frames are "
                           f"{plan.frame_shape[0]}x{plan.frame_shape[1]}")
