@@ -19,6 +19,11 @@ napari = pytest.importorskip("napari", reason="the napari extra is not installed
 if not os.environ.get("DISPLAY"):
     pytest.skip("napari needs an X display: install Xvfb and pytest-xvfb (make test does)", allow_module_level=True)
 os.environ["QT_QPA_PLATFORM"] = "xcb"  # conftest's offscreen default cannot draw napari's canvas
+# `make test` runs this module in a pytest process of its own. Run in one session with the model
+# tests, TensorFlow's LLVM is loaded first and Mesa's llvmpipe JIT crashes while drawing; softpipe
+# draws without LLVM. (popseg never imports TensorFlow in a viewer's process: network previews
+# run in a child, see popseg_dask.preview.)
+os.environ.setdefault("GALLIUM_DRIVER", "softpipe")
 
 from conftest import read_labels  # noqa: E402
 from popseg_dask import corrections as corr  # noqa: E402
