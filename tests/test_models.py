@@ -260,7 +260,10 @@ def test_export_training_refuses_bad_input(trained, capsys):
     assert main(["export-training", str(root / "threshold.zarr"), "--population", "targets", "--out",
                  str(root / "ds_t")]) == 2
     assert "already exists" in capsys.readouterr().err
+    # a popseg output trains on a population's corrections: without --population, one line says so
     assert main(["train", "stardist", str(root / "threshold.zarr"), "--out", str(root / "m")]) == 2
+    assert "is a popseg output: give --population" in capsys.readouterr().err
+    assert main(["train", "stardist", str(root / "ds_t" / "images"), "--out", str(root / "m")]) == 2
     assert "not a training set" in capsys.readouterr().err
     assert not (root / "x").exists() and not (root / "m").exists()
 
