@@ -42,6 +42,9 @@ log = logging.getLogger(__name__)
 # benchmarks/RESULTS.md). Numbering is cheaper per pixel, so its tasks take more.
 SEGMENT_PIXELS = 1 << 22
 NUMBER_PIXELS = 1 << 26
+# a segmenter that streams its windows (a network) holds a task's labels until they are written:
+# 2^26 pixels are 256 MB of them (16 frames of 2048²)
+STREAM_PIXELS = 1 << 26
 MAX_FRAMES_PER_TASK = 64
 DIRECT_DTYPE = np.dtype(np.uint32)
 
@@ -170,12 +173,20 @@ def _placed(job: PopulationJob, device: str, facts: ClusterFacts, n_frames: int,
             f"population '{job.name}' asks for device: gpu but no worker of the cluster offers a GPU "
             "resource; start GPU workers with 'dask worker ... --resources GPU=1' (or set device: cpu)")
     chosen = "gpu" if device == "gpu" or (device == "auto" and "gpu" in seg.devices and facts.gpu_workers) else "cpu"
+    seg = seg.on_device(chosen)
     Y, X = job.tiles.frame_shape
-    per_task = frames_per_task(n_frames, Y * X, facts.threads, SEGMENT_PIXELS) if job.tiles.untiled else 1
+    per_task = 1
+    if job.tiles.untiled:
+        per_task = frames_per_task(n_frames, Y * X, facts.threads, SEGMENT_PIXELS)
+        if seg.window_stream > 1:  # its stages overlap across the frames of one task, so take more
+            # of them, still two tasks per lane (GPU workers run one GPU task at a time)
+            lanes = facts.gpu_workers if chosen == "gpu" else facts.threads
+            per_task = max(per_task, min(seg.window_stream, MAX_FRAMES_PER_TASK, STREAM_PIXELS // (Y * X),
+                                         n_frames // (2 * max(1, lanes))))
     direct = depth > 0 and job.tiles.untiled and direct_fits(n_frames, (Y, X))
     if direct:  # a shard row's frames come from whole segment tasks
         per_task = aligned(per_task, depth)
-    return dataclasses.replace(job, segmenter=seg.on_device(chosen), device=chosen, frames_per_task=per_task,
+    return dataclasses.replace(job, segmenter=seg, device=chosen, frames_per_task=per_task,
                                numbering="direct" if direct else "staged")
 
 

@@ -21,6 +21,7 @@ from ..stitch import FrameResult, TileResult, complete_frame, number_from_provis
 from ..tiling import Tile, TilePlan
 
 __all__ = ["ArrayRef", "FrameSource", "FrameRecord", "ArrayCanvas", "open_array", "window_context", "frame_stats_task",
+           "frame_windows",
            "tile_stats_task", "reduce_stats_task", "tile_task", "merge_task", "whole_frames_task", "number_task"]
 
 _FRAME_CACHE: dict[str, np.ndarray] = {}
@@ -155,11 +156,14 @@ def reduce_stats_task(partials: list, stats: Any, segmenter: Segmenter, plan: Ti
 
 
 def tile_task(source: FrameSource, stats: Any, segmenter: Segmenter, tile: Tile, scratch, t: int,
-              aux, plan: TilePlan) -> TileResult:
-    """Segment one tile and write the provisional ids of its core (its own chunk of ``scratch``)."""
+              aux, plan: TilePlan, segmented: tuple | None = None) -> TileResult:
+    """Segment one tile and write the provisional ids of its core (its own chunk of ``scratch``).
+
+    ``segmented``: the segmenter's result for the tile's window, when already computed."""
     ctx = window_context(tile.window, source.frame_shape, aux, t)
-    core, result = resolve_tile(segmenter, source.read(tile.window), stats, ctx, tile, plan,
-                                provisional_dtype(source.frame_shape))
+    block = source.read(tile.window)
+    core, result = resolve_tile(segmenter, block, stats, ctx, tile, plan, provisional_dtype(source.frame_shape),
+                                segmented)
     y0, y1, x0, x1 = tile.core
     open_array(scratch, "r+")[t, y0:y1, x0:x1] = core
     return result
@@ -183,14 +187,28 @@ def merge_task(source: FrameSource, stats: Any, segmenter: Segmenter, results: l
 
 def whole_frames_task(sources: list[FrameSource], ts: list[int], stats0: Any, segmenter: Segmenter, tile: Tile,
                       scratch, aux, plan: TilePlan, record: FrameRecord) -> list[FrameResult]:
-    """Untiled frames, one after the other: statistics, the one tile and the merge of each, in one
-    task (nothing travels between them). Each frame is recorded as soon as it is written."""
+    """Untiled frames in one task (nothing travels between them): statistics, the one tile and the
+    merge of each. Frames go through ``segment_windows`` together (a network batches them); each
+    is recorded as soon as it is written."""
+    stats: dict[int, Any] = {}
+    segmented = segmenter.segment_windows(frame_windows(sources, ts, stats0, segmenter, tile, aux, stats))
     out = []
-    for source, t in zip(sources, ts):
-        stats = frame_stats_task(source, stats0, segmenter)
-        result = tile_task(source, stats, segmenter, tile, scratch, t, aux, plan)
-        out.append(merge_task(source, stats, segmenter, [result], scratch, t, aux, plan, record))
+    for source, t, result in zip(sources, ts, segmented, strict=True):  # strict: runs it to its end
+        s = stats.pop(t)
+        part = tile_task(source, s, segmenter, tile, scratch, t, aux, plan, result)
+        out.append(merge_task(source, s, segmenter, [part], scratch, t, aux, plan, record))
     return out
+
+
+def frame_windows(sources: list[FrameSource], ts: list[int], stats0: Any, segmenter: Segmenter, tile: Tile,
+                  aux=None, stats: dict | None = None):
+    """``(block, stats, ctx)`` of each whole frame, read as it is pulled (by ``segment_windows``,
+    perhaps in a thread of its own); each frame's statistics are also left in ``stats``."""
+    for source, t in zip(sources, ts):
+        s = frame_stats_task(source, stats0, segmenter)
+        if stats is not None:
+            stats[t] = s
+        yield source.read(tile.window), s, window_context(tile.window, source.frame_shape, aux, t)
 
 
 def number_task(scratch: ArrayRef, final: ArrayRef, groups: list[list[int]], windows, ledger: Location,

@@ -16,7 +16,7 @@ import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Iterable, Iterator, Sequence
 
 import numpy as np
 from pydantic import BaseModel, ValidationError
@@ -152,6 +152,10 @@ class Segmenter(ABC):
         Keys of :attr:`Params` that act only after the network (thresholds, NMS, minimum size):
         with ``cache: model_outputs`` a change of only these reruns post-processing from the
         cached network outputs. Empty: it has no cacheable network outputs.
+    window_stream : int
+        Whole frames the engine hands one :meth:`segment_windows` call (one task) when the movie
+        has frames enough: a segmenter that overlaps reading, forward pass and post-processing of
+        consecutive windows, or batches them, needs several.
     cache : object or None
         Set by the engine for ``cache: model_outputs``: ``load(frame, box)`` -> dict of arrays or
         None, ``save(frame, box, arrays)``, where ``box`` is the window (y0, x0, height, width).
@@ -177,6 +181,7 @@ class Segmenter(ABC):
     label_packages: ClassVar[tuple[str, ...]] = ()
     labels_version: ClassVar[int] = 1
     postprocess_keys: ClassVar[frozenset[str]] = frozenset()
+    window_stream: int = 1
     cache: Any = None
 
     @classmethod
@@ -250,6 +255,17 @@ class Segmenter(ABC):
         labels = self(block, stats)
         return labels, labels > 0, False
 
+    def segment_windows(self, windows: Iterable[tuple[np.ndarray, Any, WindowContext]]
+                        ) -> Iterator[tuple[np.ndarray, np.ndarray, bool]]:
+        """Segment ``(block, stats, ctx)`` windows in order, yielding :meth:`segment_window`'s result for each.
+
+        Default: one after the other. ``windows`` may be lazy (the engine reads each block as it
+        is pulled): networks pull ahead, batch several windows per forward pass and post-process
+        one batch while the next runs. Results must not depend on how windows are grouped.
+        """
+        for block, stats, ctx in windows:
+            yield self.segment_window(block, stats, ctx)
+
     def label_inputs(self) -> dict[str, Any]:
         """What its labels depend on besides the input pixels and packages, as JSON values.
 
@@ -286,7 +302,8 @@ def _attribute_docs(doc: str) -> list[tuple[str, str, str]]:
 
 
 PROTOCOL_METHODS = ("from_config", "__call__", "on_device", "with_context", "reference_frames", "movie_stats",
-                    "frame_stats", "tile_stats", "reduce_tile_stats", "segment_window", "label_inputs", "describe")
+                    "frame_stats", "tile_stats", "reduce_tile_stats", "segment_window", "segment_windows", "label_inputs",
+                    "describe")
 
 
 def _md(text: str) -> str:

@@ -70,7 +70,7 @@ class CellposeSegmenter(ModelSegmenter):
     name = "cellpose"
     kind = "cellpose"
     Params = CellposeParams
-    label_neutral: ClassVar[frozenset[str]] = frozenset({"model", "batch_size"})  # how many tiles per pass
+    label_neutral: ClassVar[frozenset[str]] = frozenset({"model", "batch_size", "batch_windows"})  # per pass
     label_packages: ClassVar[tuple[str, ...]] = ("cellpose", "torch")
     postprocess_keys: ClassVar[frozenset[str]] = frozenset({"cellprob_threshold", "flow_threshold", "min_size"})
     labels_version: ClassVar[int] = 2  # 2: float16 network outputs (cacheable)
@@ -145,14 +145,22 @@ class CellposeSegmenter(ModelSegmenter):
                                batch_size=self.p.batch_size, min_size=self.p.min_size,
                                cellprob_threshold=cellprob_threshold, flow_threshold=flow_threshold)[0]
             return {"masks": np.asarray(masks)}
-        Y, X, c = image.shape
+        return self.network_batch(model, [image])[0]
+
+    def network_batch(self, model: Any, images: list[np.ndarray]) -> list[dict[str, np.ndarray]]:
+        """Cellpose 3: several windows of one shape in one forward pass (the style vector is still
+        each window's own). Cellpose 4: ``eval`` on each."""
+        if cellpose_api(model) == 4:
+            return [self.network(model, image) for image in images]
+        Y, X, c = images[0].shape
         nchan = int(getattr(model.net, "nchan", None) or (self.meta.get("popseg") or {}).get("nchan") or 2)
         # the network pools 4 times: pad the far edges to a multiple of 16 (the near ones are aligned)
-        x = np.zeros((1, nchan, -(-Y // 16) * 16, -(-X // 16) * 16), np.float32)
-        x[0, :min(c, nchan), :Y, :X] = np.moveaxis(image, -1, 0)[:nchan]
+        x = np.zeros((len(images), nchan, -(-Y // 16) * 16, -(-X // 16) * 16), np.float32)
+        for i, image in enumerate(images):
+            x[i, :min(c, nchan), :Y, :X] = np.moveaxis(image, -1, 0)[:nchan]
         y, _ = cellpose_forward(model.net, x)
-        y = np.asarray(y[0, :, :Y, :X])
-        return {"flows": y[:2], "cellprob": y[2]}
+        y = np.asarray(y[:, :, :Y, :X])
+        return [{"flows": yi[:2], "cellprob": yi[2]} for yi in y]
 
     def postprocess(self, model: Any, outputs: dict[str, np.ndarray], shape: tuple[int, int]) -> np.ndarray:
         """Cellpose's own ``compute_masks`` (Cellpose 4: the masks ``eval`` made)."""

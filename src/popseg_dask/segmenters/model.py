@@ -29,6 +29,7 @@ on or off changes no label. float16 keeps 11 significant bits: probabilities to 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
@@ -37,8 +38,9 @@ import os
 import threading
 from abc import abstractmethod
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Literal, Sequence
+from typing import Any, Callable, ClassVar, Iterable, Iterator, Literal, Sequence
 
 import numpy as np
 from pydantic import Field, model_validator
@@ -48,6 +50,7 @@ from ..config import Strict
 from ..errors import PopsegError
 from ..normalize import ChannelScaling, apply_scaling, scaling_from_pixels
 from .base import BuildContext, Segmenter, WindowContext, resolve_channel
+from .stream import ahead, batches
 
 __all__ = ["ModelParams", "ModelSegmenter", "cached_model", "model_loads", "network_passes", "read_model_metadata",
            "rounded"]
@@ -87,6 +90,32 @@ def network_passes() -> dict[str, int]:
 def rounded(outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Floating outputs as float16 (see the module's note), others unchanged."""
     return {k: v.astype(np.float16) if np.issubdtype(v.dtype, np.floating) else v for k, v in outputs.items()}
+
+
+# Default input of one forward pass: two 2048² frames or eight 1024² ones; a StarDist or Cellpose
+# U-Net's activations at that size fit the 16 GB of common GPUs (batch_windows sets it explicitly).
+BATCH_PIXELS = 1 << 23
+MAX_BATCH = 8
+# batches per segment task: the stages overlap only across batches of one task
+STREAM_BATCHES = 4
+
+
+@dataclass
+class Prepared:
+    """A window ready for the network: its image on the model's grid ``(y, x, c)`` (None when the
+    grid holds no pixel of it), the map of labels back to the window, its shape and cache key."""
+
+    image: np.ndarray | None
+    back: Callable[[np.ndarray], np.ndarray]
+    shape: tuple[int, int]
+    frame: int | None
+    box: tuple[int, int, int, int]
+
+
+def streaming() -> bool:
+    """False when ``POPSEG_STREAM=0``: windows then go through the network one at a time, with no
+    read-ahead thread (a switch for the benchmarks' A/B and for frameworks that misbehave in threads)."""
+    return os.environ.get("POPSEG_STREAM", "1") != "0"
 
 
 def model_loads() -> dict[str, int]:
@@ -147,6 +176,9 @@ class ModelParams(Strict):
     model_pixel_size_um: float | None = Field(
         None, gt=0, description="pixel size the model was trained at (default: config_input.json spatial_calibration)")
     object_size: int | None = Field(None, gt=0, description="largest object diameter in movie pixels")
+    batch_windows: int | None = Field(
+        None, ge=1, le=64, description="windows (frames or tiles) per forward pass (default: on a GPU up to 8, "
+        "as many as fit 2^23 pixels; on the CPU 1)")
 
     @model_validator(mode="after")
     def _one_channel_key(self):
@@ -184,7 +216,7 @@ class ModelSegmenter(Segmenter):
     objects_independent = True
     needs_frame_stats = True
     # the folder's path: its files' bytes are recorded instead (a moved config keeps its labels)
-    label_neutral: ClassVar[frozenset[str]] = frozenset({"model"})
+    label_neutral: ClassVar[frozenset[str]] = frozenset({"model", "batch_windows"})
 
     def __init__(self, params: ModelParams, context: BuildContext | Sequence[str]):
         ctx = BuildContext.of(context)
@@ -221,6 +253,8 @@ class ModelSegmenter(Segmenter):
         rf = float(info["receptive_field"])  # in model pixels
         self.halo = int(math.ceil(rf / self.scale)) + self.object_size
         self.needs_frame_stats = not self.p.normalize_frames and any(s.mode == "percentile" for s in self.scalings)
+        self.batch_windows = self._default_batch()
+        self.window_stream = STREAM_BATCHES * self.batch_windows if streaming() else 1
 
     # -- what subclasses provide
     @abstractmethod
@@ -263,7 +297,18 @@ class ModelSegmenter(Segmenter):
         new = copy.copy(self)
         new.use_gpu = device == "gpu"
         new.resources = {"GPU": 1} if new.use_gpu else None
+        new.batch_windows = new._default_batch()
+        new.window_stream = STREAM_BATCHES * new.batch_windows if streaming() else 1
         return new
+
+    def _default_batch(self) -> int:
+        """Windows per forward pass, at most: as configured; else 8 on a GPU and 1 on the CPU,
+        where a batch of eight 512² windows took 1.6-2x the time of one at a time (larger
+        activations, worse cache use; benchmarks/RESULTS.md) while the overlap of reading,
+        network and post-processing still pays."""
+        if self.p.batch_windows is not None:
+            return int(self.p.batch_windows)
+        return MAX_BATCH if self.use_gpu else 1
 
     def model(self) -> Any:
         """The network, loaded once per worker process."""
@@ -330,31 +375,75 @@ class ModelSegmenter(Segmenter):
         return labels
 
     def segment_window(self, block: np.ndarray, stats: Any, ctx: WindowContext):
+        model = self.model()
+        prep = self._prepare(model, block, stats, ctx)
+        return self._finish(model, prep, self._outputs(model, [prep])[0])
+
+    def segment_windows(self, windows: Iterable[tuple[np.ndarray, Any, WindowContext]]
+                        ) -> Iterator[tuple[np.ndarray, np.ndarray, bool]]:
+        """Windows in batches: the next batch is read and scaled (one thread) and the current one
+        goes through the network (another) while the previous one is post-processed (here)."""
+        if not streaming():
+            yield from super().segment_windows(windows)
+            return
+        model = self.model()
+        prepared = ahead((self._prepare(model, *w) for w in windows), depth=self.batch_windows)
+        groups = batches(prepared, self._batch_size, lambda p: None if p.image is None else p.image.shape)
+        computed = ahead(((g, self._outputs(model, g)) for g in groups), depth=1)
+        # the network thread pulls from `prepared`: it is stopped first, then the reading thread
+        with contextlib.closing(prepared), contextlib.closing(computed):
+            for group, outputs in computed:
+                for prep, out in zip(group, outputs):
+                    yield self._finish(model, prep, out)
+
+    def _batch_size(self, prep: "Prepared") -> int:
+        """Windows per forward pass: as configured, else up to :data:`BATCH_PIXELS` input pixels."""
+        if self.p.batch_windows is not None or prep.image is None:
+            return self.batch_windows
+        return max(1, min(self.batch_windows, BATCH_PIXELS // (prep.image.shape[0] * prep.image.shape[1])))
+
+    def _prepare(self, model: Any, block: np.ndarray, stats: Any, ctx: WindowContext) -> "Prepared":
+        """A window scaled and resampled onto the model's grid, ``(y, x, c)`` float32."""
         if stats is None:
             stats = scaling_from_pixels(np.asarray(block), self.scalings)
         x = apply_scaling(np.asarray(block), stats, self.scalings)
-        model = self.model()
         image, back = _to_model_grid(x, ctx.origin, self.model_scale(model), self.align)
-        if image.shape[1] == 0 or image.shape[2] == 0:
-            labels = np.zeros(block.shape[-2:], np.int32)
+        shape = tuple(int(v) for v in block.shape[-2:])
+        empty = image.shape[1] == 0 or image.shape[2] == 0
+        return Prepared(None if empty else np.moveaxis(image, 0, -1), back, shape, ctx.frame, (*ctx.origin, *shape))
+
+    def _finish(self, model: Any, prep: "Prepared", outputs: dict[str, np.ndarray] | None):
+        if prep.image is None:
+            labels = np.zeros(prep.shape, np.int32)
         else:
-            image = np.moveaxis(image, 0, -1)
-            outputs = self._outputs(model, image, ctx, tuple(block.shape[-2:]))
-            labels = back(np.asarray(self.postprocess(model, outputs, image.shape[:2])))
+            labels = prep.back(np.asarray(self.postprocess(model, outputs, prep.image.shape[:2])))
         return labels, labels > 0, False
 
-    def _outputs(self, model: Any, image: np.ndarray, ctx: WindowContext, shape: tuple[int, int]
-                 ) -> dict[str, np.ndarray]:
-        """The window's rounded network outputs: from the cache when it has them."""
-        box = (*ctx.origin, *shape)
-        use_cache = self.cache is not None and ctx.frame is not None
-        outputs = self.cache.load(ctx.frame, box) if use_cache else None
-        if outputs is None:
-            outputs = rounded(self.network(model, image))
+    def _outputs(self, model: Any, preps: list["Prepared"]) -> list[dict[str, np.ndarray] | None]:
+        """The windows' rounded network outputs: from the cache when it has them, the others in
+        one :meth:`network_batch` call (None for an empty window)."""
+        use_cache = self.cache is not None
+        outputs: list[dict[str, np.ndarray] | None] = [None] * len(preps)
+        todo = []
+        for i, p in enumerate(preps):
+            if p.image is None:
+                continue
+            if use_cache and p.frame is not None:
+                outputs[i] = self.cache.load(p.frame, p.box)
+            if outputs[i] is None:
+                todo.append(i)
+        fresh = self.network_batch(model, [preps[i].image for i in todo]) if todo else []
+        for i, out in zip(todo, fresh):
+            outputs[i] = rounded(out)
             _PASSES[self.population] += 1
-            if use_cache:
-                self.cache.save(ctx.frame, box, outputs)
+            if use_cache and preps[i].frame is not None:
+                self.cache.save(preps[i].frame, preps[i].box, outputs[i])
         return outputs
+
+    def network_batch(self, model: Any, images: list[np.ndarray]) -> list[dict[str, np.ndarray]]:
+        """:meth:`network` of several images of one shape, in one forward pass where the framework
+        allows it. Default: one pass per image."""
+        return [self.network(model, image) for image in images]
 
     def model_files(self) -> list[Path]:
         """The files whose bytes decide the network's output: a folder's own files (not its

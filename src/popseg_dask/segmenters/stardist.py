@@ -28,7 +28,7 @@ class StarDistParams(ModelParams):
                                       "(default: the model's thresholds.json)")
     nms_thresh: float | None = Field(None, ge=0, lt=1, description="overlap threshold of non-maximum suppression")
     n_tiles: tuple[int, int] | None = Field(None, description="split each window into this many network "
-                                            "tiles (bounds GPU memory for large tiles)")
+                                            "tiles (bounds GPU memory for large tiles; one window per pass)")
 
 
 def stardist_receptive_field(cfg: dict[str, Any]) -> tuple[int, int]:
@@ -109,6 +109,25 @@ class StarDistSegmenter(ModelSegmenter):
         with _device("GPU" if self.use_gpu else "CPU"), contextlib.redirect_stdout(io.StringIO()):
             prob, dist = model.predict(image, axes="YXC", normalizer=None, n_tiles=n_tiles, show_tile_progress=False)
         return {"prob": np.asarray(prob), "dist": np.asarray(dist)}
+
+    def network_batch(self, model: Any, images: list[np.ndarray]) -> list[dict[str, np.ndarray]]:
+        """Several windows of one shape in one forward pass, padded and cropped as StarDist's own
+        ``predict`` does one (so a batch of one is exactly that call). With ``n_tiles`` (StarDist's
+        own tiling, per image) or a multi-class model, one image at a time."""
+        if self.p.n_tiles or len(images) == 1 or model.config.n_classes is not None:
+            return [self.network(model, image) for image in images]
+        from stardist.models.base import StarDistPadAndCropResizer
+
+        cfg = model.config
+        axes = cfg.axes  # "YXC" for 2D models
+        grid = dict(zip(axes.replace("C", ""), cfg.grid))
+        div_by = dict(zip(axes.replace("C", ""), (p ** cfg.unet_n_depth * g for p, g in zip(cfg.unet_pool, cfg.grid))))
+        resizer = StarDistPadAndCropResizer(grid=grid)
+        x = np.stack([resizer.before(image, axes, tuple(div_by.get(a, 1) for a in axes)) for image in images])
+        with _device("GPU" if self.use_gpu else "CPU"):
+            prob, dist = model.keras_model.predict(x, batch_size=len(images), verbose=0)[:2]
+        return [{"prob": resizer.after(p, axes)[..., 0], "dist": np.maximum(1e-3, resizer.after(d, axes))}
+                for p, d in zip(prob, dist)]
 
     def postprocess(self, model: Any, outputs: dict[str, np.ndarray], shape: tuple[int, int]) -> np.ndarray:
         """StarDist's own dense path: non-maximum suppression, then polygons to labels."""

@@ -99,14 +99,16 @@ class FrameResult:
     info: FrameInfo = field(default_factory=FrameInfo)
 
 
-def segment_window(segmenter: Any, block: np.ndarray, stats: Any, ctx: Any) -> WindowLabels:
+def segment_window(segmenter: Any, block: np.ndarray, stats: Any, ctx: Any, segmented: tuple | None = None
+                   ) -> WindowLabels:
     """Segment a window and decide which of its clusters and objects are exact.
 
     ``segmenter`` follows :class:`popseg_dask.segmenters.Segmenter` (``segment_window``, ``halo``,
     ``link``, ``objects_independent``); ``ctx`` is the window's
-    :class:`~popseg_dask.segmenters.WindowContext`.
+    :class:`~popseg_dask.segmenters.WindowContext`. ``segmented``: the segmenter's result for
+    this window when it was already computed (``segment_windows`` of a batch).
     """
-    labels, support, vote = segmenter.segment_window(block, stats, ctx)
+    labels, support, vote = segmented if segmented is not None else segmenter.segment_window(block, stats, ctx)
     if labels.shape != block.shape[-2:]:
         raise RuntimeError(f"segmenter {segmenter.name} returned shape {labels.shape} for a block of {block.shape}")
     local, n = compact_ids(labels)
@@ -147,15 +149,15 @@ def resolvable_by_others(box: Window, tile: "Tile", plan: "TilePlan", margin: in
 
 
 def resolve_tile(segmenter: Any, block: np.ndarray, stats: Any, ctx: Any, tile: "Tile", plan: "TilePlan",
-                 dtype: np.dtype) -> tuple[np.ndarray, TileResult]:
+                 dtype: np.dtype, segmented: tuple | None = None) -> tuple[np.ndarray, TileResult]:
     """Segment one tile's window: the provisional ids of its core, and what its merge needs.
 
     Returns the core's provisional ids (0 where no resolved object lies) and the tile's
-    :class:`TileResult`.
+    :class:`TileResult`. ``segmented``: as for :func:`segment_window`.
     """
     t0 = time.perf_counter()
     X = plan.frame_shape[1]
-    w = segment_window(segmenter, block, stats, ctx)
+    w = segment_window(segmenter, block, stats, ctx, segmented)
     prov, anchors = provisional_ids(w.local, w.keep, ctx.origin, X, dtype)
     cy, cx = tile.core_in_window
     oy, ox = ctx.origin
