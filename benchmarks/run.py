@@ -27,6 +27,9 @@ Benchmarks (defaults in brackets; --frames/--size/--repeats override them):
   daskimage             vs dask-image's ndmeasure.label on the same mask [6 frames of 2048²]
   models                StarDist and Cellpose through popseg vs the bare framework loop
                         [8 frames of 512², 2 repeats]
+  gpu                   StarDist and Cellpose on their device: streamed batches vs one window at a
+                        time vs the bare loop; frames/s, GPU busy (NVML) [GPU: 64 frames of 1024²;
+                        CPU or --device cpu: 8 of 512²; 2 repeats]
   cellpose-distributed  vs cellpose's distributed_eval, same model, tiles of --tiles[0]
                         [4 frames of 1024², tiles of 512]
   screen                10^5 frames of 32² in one run: throughput and client memory
@@ -54,6 +57,7 @@ import sys
 from pathlib import Path
 
 import bench_core
+import bench_gpu
 import bench_incremental
 import bench_models
 import bench_napari
@@ -72,6 +76,7 @@ SUITE = {
     "celldetective": (bench_peers.celldetective, bench_peers.show_celldetective),
     "daskimage": (bench_peers.daskimage, bench_peers.show_daskimage),
     "models": (bench_models.models, bench_models.show_models),
+    "gpu": (bench_gpu.gpu, bench_gpu.show_gpu),
     "cellpose-distributed": (bench_models.cellpose_distributed, bench_models.show_cellpose_distributed),
     "screen": (bench_core.screen, bench_core.show_screen),
     "storage": (bench_storage.storage, bench_storage.show_storage),
@@ -93,6 +98,7 @@ def main(argv=None) -> int:
     p.add_argument("--tiles", type=int, nargs="+", default=None)
     p.add_argument("--movie", choices=["demo", "dense", "dense-drawn"], default="demo",
                    help="tiles: the demo's sparse co-culture, or a dense field of nuclei (popseg_dask.dense)")
+    p.add_argument("--device", choices=["auto", "cpu"], default="auto", help="gpu: run on the CPU even where a GPU is")
     p.add_argument("--screenshots", action="store_true", help="napari: write the README's screenshots to docs/")
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results", help="folder for the JSON")
     p.add_argument("--celldetective-python", help="python of a venv with celldetective==1.6.5 "
