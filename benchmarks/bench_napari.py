@@ -123,3 +123,49 @@ def show_napari_preview(res: dict) -> None:
     print(f"  ratio GUI / direct: {res['median_gui_s'] / res['median_direct_s']:.2f}")
     for p in res["screenshots"]:
         print(f"  screenshot: {p}")
+
+
+def region_preview(a) -> dict:
+    """``region``: the tuner's preview of a frame too big to preview whole (default 8192², above
+    ``Preview.whole_frame_pixels``): the whole frame vs a 1024² visible region after an edit (the
+    frame's facts computed again, tile by tile) and after a pan (facts kept), interleaved; and
+    whether the region equals the whole frame's preview there. Both paths read the frame once and
+    keep it (the whole one in the preview, the region one in the engine's frame cache)."""
+    from popseg_dask.preview import Preview
+    from popseg_dask.stitch import canonical_relabel
+    from popseg_dask.synthetic import DEMO_CONFIG
+
+    size, repeats, view = a.size or 8192, a.repeats or 3, 1024
+    times: dict[str, list[float]] = {"whole frame": [], "region, after an edit": [], "region, after a pan": []}
+    equal = True
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        demo_movie(tmp, 1, size, seed=6)
+        preview = Preview(copy.deepcopy(DEMO_CONFIG), tmp)
+        settings = preview.settings("targets")
+        for i in range(repeats):
+            settings = {**settings, "marker_min_distance": 5 + i % 2}  # a new setting each repeat
+            whole = preview.labels("targets", 0, settings)
+            times["whole frame"].append(whole["seconds"])
+            c = size // 2
+            first = preview.labels("targets", 0, settings, region=(c - view, c, c - view, c))
+            times["region, after an edit"].append(first["seconds"])
+            pan = preview.labels("targets", 0, settings, region=(c, c + view, c, c + view))
+            times["region, after a pan"].append(pan["seconds"])
+            for res in (first, pan):
+                y0, y1, x0, x1 = res["region"]
+                equal &= bool(np.array_equal(res["labels"], canonical_relabel(whole["labels"][y0:y1, x0:x1])[0]))
+        preview.close()
+    med = {k: statistics.median(v) for k, v in times.items()}
+    return {"size": size, "view": view, "repeats": repeats, "seconds": times, "median_s": med,
+            "whole_over": {k: med["whole frame"] / v for k, v in med.items() if k != "whole frame"},
+            "regions_equal_whole_frame": equal}
+
+
+def show_region_preview(res: dict) -> None:
+    print(f"region: tuner preview of the targets on a {res['size']}² frame, a {res['view']}² view, "
+          f"median of {res['repeats']}:")
+    for k, v in res["median_s"].items():
+        ratio = res["whole_over"].get(k)
+        print(f"  {k:24s} {v:7.2f} s" + (f"   whole frame / this: {ratio:5.1f}x" if ratio else ""))
+    print(f"  regions == whole frame there: {res['regions_equal_whole_frame']}")

@@ -47,6 +47,9 @@ Benchmarks (defaults in brackets; --frames/--size/--repeats override them):
   napari                the napari tuner: a setting edited -> preview updated, vs the same preview
                         computed directly; --screenshots writes docs/napari-*.png [2 frames of 2048²,
                         10 edits; needs a display: xvfb-run -a python benchmarks/run.py napari]
+  region                the tuner's preview of a frame too big to preview whole: the whole frame vs
+                        a 1024² visible region after an edit and after a pan [one 8192² frame,
+                        3 repeats]
 """
 
 from __future__ import annotations
@@ -86,6 +89,7 @@ SUITE = {
     "one-of-two": (bench_incremental.one_of_two, bench_incremental.show_one_of_two),
     "tune": (bench_incremental.tune_vs_runs, bench_incremental.show_tune_vs_runs),
     "napari": (bench_napari.napari_preview, bench_napari.show_napari_preview),
+    "region": (bench_napari.region_preview, bench_napari.show_region_preview),
 }
 
 

@@ -206,6 +206,47 @@ def test_tuner_preview_is_what_a_run_writes(make_napari_viewer, qtbot, gui_run, 
     qtbot.waitUntil(lambda: widget.idle, timeout=60_000)
 
 
+def test_tuner_previews_the_visible_region_of_a_frame_too_big_to_preview_whole(make_napari_viewer, qtbot, gui_run,
+                                                                            monkeypatch):
+    """Frames above Preview.whole_frame_pixels (lowered so the 192² frames count) preview the
+    region on screen: placed where it lies, equal to the run's frame there; panning away
+    previews the new region."""
+    from popseg_dask.napari_plugin.tuner import TunerWidget
+    from popseg_dask.preview import Preview
+    from popseg_dask.stitch import canonical_relabel
+
+    monkeypatch.setattr(Preview, "whole_frame_pixels", 80 * 80)
+    viewer = make_napari_viewer(show=True)  # drawn: the visible region comes from the canvas
+    widget = TunerWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    n = widget.previews_done
+    widget.load(str(gui_run / "tiled.yaml"))
+    viewer.dims.set_current_step(0, 2)
+    wait_preview(qtbot, widget, n)
+    px = widget.preview.movie.attrs["pixel_size_um"]
+    out = gui_run / "tiled.popseg.zarr"
+    ran = read_labels(out, "targets")[2].astype(np.int64)
+    seen = []
+    for cy, cx in ((50, 50), (150, 130)):  # frame pixels the view is centred on
+        n = widget.previews_done
+        viewer.camera.zoom = 12.0
+        viewer.camera.center = (cy * px, cx * px)
+        res = wait_preview(qtbot, widget, n)
+        y0, y1, x0, x1 = res["region"]
+        assert (y1 - y0) * (x1 - x0) <= 80 * 80 < 192 * 192, res["region"]
+        assert y0 <= cy < y1 and x0 <= cx < x1, (res["region"], cy, cx)
+        view = widget.visible_region()
+        assert view is not None and y0 <= view[0] and view[1] <= y1 and x0 <= view[2] and view[3] <= x1
+        layer = viewer.layers["targets preview"]
+        assert tuple(layer.translate) == pytest.approx((2.0, y0 * px, x0 * px))
+        assert layer.data.shape == (1, y1 - y0, x1 - x0)
+        assert np.array_equal(layer.data[0], canonical_relabel(ran[y0:y1, x0:x1])[0])
+        assert "rows" in widget.status.text() and layer.data.max() > 0
+        seen.append(res["region"])
+    assert seen[0] != seen[1]
+    qtbot.waitUntil(lambda: widget.idle, timeout=60_000)
+
+
 def test_tuner_switches_population_and_reports_a_missing_config(make_napari_viewer, qtbot, gui_run):
     from popseg_dask.napari_plugin.tuner import TunerWidget
 

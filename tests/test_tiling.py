@@ -225,3 +225,40 @@ def test_position_dependent_filters_force_whole_frames(demo_dir):
     plan = plan_run(cfg)
     tiles = {j.name: j.tiles for j in plan.jobs}
     assert tiles["targets"].untiled and not tiles["effectors"].untiled
+
+
+# --------------------------------------------------------------------------- a region of a frame
+
+@settings(max_examples=int(os.environ.get("POPSEG_TILING_EXAMPLES", "10")), deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(seed=st.integers(0, 2**31 - 1), name=st.sampled_from(sorted(CONFIGS)),
+       tile=st.sampled_from([None, 64, (48, 80)]), dense=st.booleans(), exact=st.booleans(),
+       box=st.tuples(st.integers(-20, 240), st.integers(1, 200), st.integers(-20, 240), st.integers(1, 200)))
+def test_a_region_holds_what_the_whole_frame_holds_there(monkeypatch, seed, name, tile, dense, exact, box):
+    """segment_region (the tuner's preview of frames too big to preview whole) equals the whole
+    frame cropped to the region, objects reaching out of it included, for any region, tile plan
+    and field (an untiled population's region is tiled: REGION_TILE lowered to this frame).
+    ``exact`` False takes the path of networks: the tiles around the region's run too, and an
+    untiled population's region comes from the whole frame."""
+    from popseg_dask._engine import frame as frame_module
+    from popseg_dask.dense import dense_movie
+    from popseg_dask.pipeline import clip_region, segment_region
+
+    monkeypatch.setattr(frame_module, "REGION_TILE", 96)
+    frame = dense_movie(1, 256, seed=seed, source="drawn")[0] if dense else _frame(seed)
+    cfg = {**CONFIGS[name], "thresholds": [60, float("inf")]} if dense else CONFIGS[name]
+    seg = ThresholdSegmenter.from_config(cfg, ["0"])
+    seg.exact_tiles = exact
+    whole = canonical_relabel(seg(frame))[0]
+    y, h, x, w = box
+    region = (y, y + h, x, x + w)
+    try:
+        y0, y1, x0, x1 = clip_region(region, frame.shape[-2:])
+    except PopsegError:
+        with pytest.raises(PopsegError, match="holds no pixel"):
+            segment_region(seg, frame, region, tile=tile)
+        return
+    facts = None
+    for _ in range(2):  # the second time from the first call's facts, as the tuner pans
+        got, info, facts = segment_region(seg, frame, region, tile=tile, facts=facts)
+        assert np.array_equal(got, canonical_relabel(whole[y0:y1, x0:x1])[0]), (name, tile, region, info)

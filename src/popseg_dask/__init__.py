@@ -10,6 +10,9 @@ run
     Segment every population of a movie and write globally numbered labels.
 segment_frame
     Segment one frame as a run would (tiles and stitching included), in this process.
+segment_region
+    What a run writes in one region of a frame, segmenting only around it (frames too big to
+    segment whole in this process).
 PopsegError
     The error raised for user mistakes and unusable inputs.
 """
@@ -17,7 +20,8 @@ PopsegError
 from .config import RunConfig, load_config, parse_config
 from .errors import PopsegError
 from .io.movie import open_movie
-from .pipeline import run, segment_frame
+from .pipeline import run, segment_frame, segment_region
 
-__all__ = ["open_movie", "load_config", "parse_config", "RunConfig", "run", "segment_frame", "PopsegError"]
+__all__ = ["open_movie", "load_config", "parse_config", "RunConfig", "run", "segment_frame", "segment_region",
+           "PopsegError"]
 __version__ = "0.1.0"

@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from ..errors import PopsegError
 from ..segmenters import Segmenter
-from ..stitch import FrameInfo, number_from_provisional, provisional_dtype
-from ..tiling import tile_policy
+from ..stitch import FrameInfo, canonical_relabel, number_from_provisional, provisional_dtype
+from ..tiling import TilePlan, tile_policy
 from .worker import FrameSource, frame_stats_task, merge_task, reduce_stats_task, tile_stats_task, tile_task
 
-__all__ = ["segment_frame"]
+__all__ = ["FrameFacts", "REGION_TILE", "clip_region", "frame_facts", "region_plan", "segment_frame", "segment_region"]
+
+# Tiles a region of an untiled population's frame is segmented with (exact tiles only): the
+# frame's facts then come tile by tile, and only the tiles under the region are segmented.
+REGION_TILE = 1024
 
 
 def segment_frame(segmenter: Segmenter, frame: np.ndarray, tile=None, halo: int | None = None,
@@ -43,29 +49,127 @@ def segment_frame(segmenter: Segmenter, frame: np.ndarray, tile=None, halo: int 
     info : FrameInfo
         Merged regions, whole-frame fallback, task times.
     """
-    import dask.array as da
-    import zarr
+    segmenter, plan = tile_policy(_uncached(segmenter), np.shape(frame)[-2:], tile, halo, memory_mb=tile_memory_mb)
+    src = FrameSource(_lazy(frame))
+    facts = frame_facts(segmenter, src, plan, stats)
+    scratch = _canvas(plan, provisional_dtype(plan.frame_shape))
+    results = [tile_task(src, facts.stats, segmenter, t, scratch, 0, facts.aux, plan) for t in plan]
+    result = merge_task(src, facts.stats, segmenter, results, scratch, 0, facts.aux, plan)
+    return number_from_provisional(scratch[0], result.anchors, 0), result.info
 
-    frame = np.asarray(frame)
-    Y, X = frame.shape[-2:]
+
+@dataclass
+class FrameFacts:
+    """A frame's statistics as its tiles see them, and the per-pixel tile facts (or None)."""
+
+    stats: Any
+    aux: Any = None
+
+
+def frame_facts(segmenter: Segmenter, source: FrameSource, plan: TilePlan, stats: Any = None) -> FrameFacts:
+    """Whole-frame statistics, then the rounds of tile facts over every tile of ``plan``, as a run
+    computes them (tile by tile: a frame larger than memory is never segmented whole for them)."""
+    stats = frame_stats_task(source, stats, segmenter)
+    if not segmenter.needs_tile_stats or plan.untiled:
+        return FrameFacts(stats)
+    aux = _canvas(plan, np.int32)  # as a run has it
+    for r in range(segmenter.tile_stats_rounds):
+        parts = [tile_stats_task(source, stats, segmenter, t, aux, 0, r) for t in plan]
+        stats = reduce_stats_task(parts, stats, segmenter, plan)
+    return FrameFacts(stats, aux)
+
+
+def region_plan(segmenter: Segmenter, frame_shape: tuple[int, int], tile=None, halo: int | None = None, *,
+                tile_memory_mb: float = 1024) -> tuple[Segmenter, TilePlan]:
+    """The tile plan a region of the frame is segmented with: the run's; for a population that
+    runs untiled, tiles of :data:`REGION_TILE` when its segmenter's tiles are exact (bitwise the
+    untiled labels, so the region is what the run writes there), else the whole frame."""
+    seg, plan = tile_policy(_uncached(segmenter), frame_shape, tile, halo, memory_mb=tile_memory_mb)
+    if plan.untiled and segmenter.exact_tiles and max(frame_shape) > REGION_TILE:
+        seg, plan = tile_policy(_uncached(segmenter), frame_shape, REGION_TILE, halo, memory_mb=tile_memory_mb)
+    return seg, plan
+
+
+def segment_region(segmenter: Segmenter, frame, region: tuple[int, int, int, int], tile=None,
+                   halo: int | None = None, stats: Any = None, *, tile_memory_mb: float = 1024,
+                   facts: FrameFacts | None = None) -> tuple[np.ndarray, FrameInfo, FrameFacts]:
+    """The labels a run writes in ``region`` (y0, y1, x0, x1) of a frame, segmenting only around it.
+
+    The frame's facts come from every tile (or from ``facts``, returned by an earlier call with
+    the same segmenter and frame); then only the run's tiles whose cores meet the region are
+    segmented — with the tiles around them for segmenters whose tiles are not exact, so that a
+    cut object is copied from the neighbour a run copies it from — and merged as a run merges
+    them, objects cut by the region's tiles re-segmented whole. Objects reaching out of the
+    region are cropped to it.
+
+    Parameters
+    ----------
+    segmenter, tile, halo, stats, tile_memory_mb
+        As for :func:`segment_frame`.
+    frame : array (c, y, x)
+        Numpy or dask: only the windows segmented are read from a dask array (and the whole
+        frame once, tile by tile, for the facts).
+    region : (y0, y1, x0, x1)
+        Clipped to the frame.
+    facts : FrameFacts, optional
+
+    Returns
+    -------
+    labels : (h, w) array
+        The region's objects, ids 1..n in raster order of their first pixel in the region
+        (a run's ids there, renumbered).
+    info : FrameInfo
+    facts : FrameFacts
+        To pass to the next call for the same segmenter and frame.
+    """
+    seg, plan = region_plan(segmenter, np.shape(frame)[-2:], tile, halo, tile_memory_mb=tile_memory_mb)
+    y0, y1, x0, x1 = clip_region(region, plan.frame_shape)
+    src = FrameSource(_lazy(frame))
+    facts = facts or frame_facts(seg, src, plan, stats)
+    ring = 0 if seg.exact_tiles else 1
+    (ty, tx), scratch = plan.tile, _canvas(plan, provisional_dtype(plan.frame_shape))
+    near = [t for t in plan if y0 // ty - ring <= t.index[0] <= (y1 - 1) // ty + ring
+            and x0 // tx - ring <= t.index[1] <= (x1 - 1) // tx + ring]
+    results = {t.index: tile_task(src, facts.stats, seg, t, scratch, 0, facts.aux, plan) for t in near}
+    if all(r.vote for r in results.values()):  # a run segments the frame whole if every tile asks
+        results.update({t.index: tile_task(src, facts.stats, seg, t, scratch, 0, facts.aux, plan)
+                        for t in plan if t.index not in results})
+    results = [results[t.index] for t in plan if t.index in results]  # in plan order, as a run's merge
+    result = merge_task(src, facts.stats, seg, results, scratch, 0, facts.aux, plan)
+    labels, _ = canonical_relabel(np.asarray(scratch[0, y0:y1, x0:x1]))
+    return labels, result.info, facts
+
+
+def _uncached(segmenter: Segmenter) -> Segmenter:
     if segmenter.cache is not None and not getattr(segmenter.cache, "frame_local", False):
         # a frame without its index in a movie: never read or fill a run's cache (a cache of this
         # one frame's windows, ``frame_local``, is safe: popseg tune shares one between settings)
         segmenter = copy.copy(segmenter)
         segmenter.cache = None
-    segmenter, plan = tile_policy(segmenter, (Y, X), tile, halo, memory_mb=tile_memory_mb)
-    src = FrameSource(da.from_array(frame, chunks=frame.shape))
-    def array(dtype):
-        return zarr.create_array(store=zarr.storage.MemoryStore(), shape=(1, Y, X), chunks=(1, *plan.tile),
-                                 dtype=dtype, fill_value=0)
+    return segmenter
 
-    scratch = array(provisional_dtype((Y, X)))
-    aux = array(np.int32) if segmenter.needs_tile_stats and not plan.untiled else None  # as a run has it
-    stats = frame_stats_task(src, stats, segmenter)
-    if segmenter.needs_tile_stats and not plan.untiled:
-        for r in range(segmenter.tile_stats_rounds):
-            parts = [tile_stats_task(src, stats, segmenter, t, aux, 0, r) for t in plan]
-            stats = reduce_stats_task(parts, stats, segmenter, plan)
-    results = [tile_task(src, stats, segmenter, t, scratch, 0, aux, plan) for t in plan]
-    result = merge_task(src, stats, segmenter, results, scratch, 0, aux, plan)
-    return number_from_provisional(scratch[0], result.anchors, 0), result.info
+
+def _lazy(frame):
+    import dask.array as da
+
+    return frame if isinstance(frame, da.Array) else da.from_array(np.asarray(frame), chunks=np.shape(frame))
+
+
+def _canvas(plan: TilePlan, dtype):
+    """A (1, y, x) in-memory Zarr array chunked by the plan's tiles, as a run's scratch is."""
+    import zarr
+
+    return zarr.create_array(store=zarr.storage.MemoryStore(), shape=(1, *plan.frame_shape),
+                             chunks=(1, *plan.tile), dtype=dtype, fill_value=0)
+
+
+def clip_region(region, frame_shape) -> tuple[int, int, int, int]:
+    """``region`` (y0, y1, x0, x1) clipped to a frame of ``frame_shape``; one that holds no pixel
+    of it is a :class:`PopsegError`."""
+    Y, X = frame_shape
+    y0, y1, x0, x1 = (int(v) for v in region)
+    y0, y1, x0, x1 = max(0, y0), min(Y, y1), max(0, x0), min(X, x1)
+    if y1 <= y0 or x1 <= x0:
+        raise PopsegError(f"region {tuple(region)} holds no pixel of the frame ({Y}x{X}); give y0 < y1 and x0 < x1 "
+                          "inside it")
+    return y0, y1, x0, x1

@@ -1,8 +1,8 @@
 """Pipeline tuner: edit a population's settings and see, on the current frame, what a run writes.
 
 The preview is :meth:`popseg_dask.preview.Preview.labels` — ``segment_frame`` with the run's
-tile policy — computed in a background thread; edits made while one is computing are gathered
-into the next. Save writes the config (and, for threshold populations, Celldetective's
+tile policy, or ``segment_region`` around the visible part of a frame too big to preview whole —
+computed in a background thread; edits made while one is computing are gathered into the next. Save writes the config (and, for threshold populations, Celldetective's
 ``threshold_config_<population>.json``).
 """
 
@@ -21,6 +21,7 @@ from qtpy.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QHBoxLayout, QLab
 from ..config import read_yaml
 from ..errors import PopsegError
 from ..io.celldetective import threshold_config_json
+from ..pipeline import clip_region
 from ..preview import Preview
 from .forms import SettingsForm, segmenter_fields
 from .layers import ensure_movie_layers, one_line, set_labels_layer
@@ -41,8 +42,11 @@ class TunerWidget(QWidget):
         self.last_result: dict[str, Any] | None = None
         self.previews_done = 0
         self._busy = self._pending = False
+        self.region: tuple[int, int, int, int] | None = None  # of the last preview, frame pixels
         self._build()
         self.viewer.dims.events.current_step.connect(self._frame_moved)
+        self.viewer.camera.events.center.connect(self._view_moved)
+        self.viewer.camera.events.zoom.connect(self._view_moved)
 
     # ---------------------------------------------------------------- layout
     def _build(self) -> None:
@@ -79,6 +83,9 @@ class TunerWidget(QWidget):
         self._timer = QTimer(self)
         self._timer.setSingleShot(True)
         self._timer.timeout.connect(self._start_preview)
+        self._view_timer = QTimer(self)
+        self._view_timer.setSingleShot(True)
+        self._view_timer.timeout.connect(self._view_settled)
 
     def _browse(self) -> None:
         name, _ = QFileDialog.getOpenFileName(self, "popseg config", "", "YAML (*.yaml *.yml)")
@@ -138,7 +145,7 @@ class TunerWidget(QWidget):
     @property
     def idle(self) -> bool:
         """No preview computing, waiting or scheduled."""
-        return not (self._busy or self._pending or self._timer.isActive())
+        return not (self._busy or self._pending or self._timer.isActive() or self._view_timer.isActive())
 
     def frame_index(self) -> int:
         return int(self.viewer.dims.current_step[0]) if self.viewer.dims.ndim > 2 else 0
@@ -156,6 +163,44 @@ class TunerWidget(QWidget):
         if self.preview is not None and self.live.isChecked() and self.attached():
             self.schedule()
 
+    def _view_moved(self, event=None) -> None:
+        """Pan or zoom: on a frame previewed by regions, look again once the canvas has drawn
+        (the layers' corners are updated by drawing)."""
+        if self.preview is not None and self.preview.too_big_to_preview_whole and self.live.isChecked() \
+                and self.attached():
+            self._view_timer.start(DEBOUNCE_MS)
+
+    def _view_settled(self) -> None:
+        """Preview again when the view has left the region last previewed."""
+        view = self.visible_region()
+        if self.region is None or view is None or not _inside(view, self.region):
+            self.schedule()
+
+    def visible_region(self) -> tuple[int, int, int, int] | None:
+        """The part of the frame the canvas shows (y0, y1, x0, x1, frame pixels), from the first
+        channel layer's corners; None before it is drawn."""
+        name = self.preview.channel_names[0] if self.preview is not None else None
+        if name not in self.viewer.layers:
+            return None
+        layer = self.viewer.layers[name]
+        corners = np.asarray(layer.corner_pixels, float)[:, -2:]
+        if getattr(layer, "multiscale", False):  # corners of the level shown, not of level 0
+            corners = corners * np.asarray(layer.downsample_factors[layer.data_level], float)[-2:]
+        (y0, x0), (y1, x1) = corners[0], corners[1] + 1
+        if y1 - y0 < 2 or x1 - x0 < 2:  # not drawn yet
+            return None
+        return int(y0), int(y1), int(x0), int(x1)
+
+    def preview_region(self) -> tuple[int, int, int, int] | None:
+        """What the next preview segments: None (the whole frame) when frames are small enough,
+        else the visible region and a quarter of its size around it (small pans stay inside),
+        at most :attr:`Preview.whole_frame_pixels` about its centre."""
+        if self.preview is None or not self.preview.too_big_to_preview_whole:
+            return None
+        Y, X = self.preview.frame_shape
+        view = self.visible_region() or (0, Y, 0, X)
+        return clip_region(_region_around(view, self.preview.whole_frame_pixels), (Y, X))
+
     def schedule(self) -> None:
         """Preview soon (edits arriving within :data:`DEBOUNCE_MS` make one preview)."""
         if self.preview is not None and (self.live.isChecked() or self.sender() is self.preview_button):
@@ -172,20 +217,23 @@ class TunerWidget(QWidget):
         except PopsegError as err:
             self.status.setText(one_line(err))
             return
+        region = self.preview_region()
         self._busy = True
-        self.status.setText(f"previewing frame {t}…")
-        worker = create_worker(self._compute, pop, t, settings)
+        self.status.setText(f"previewing frame {t}…" if region is None else
+                            f"previewing frame {t}, rows {region[0]}-{region[1]}, columns {region[2]}-{region[3]}…")
+        worker = create_worker(self._compute, pop, t, settings, region)
         worker.returned.connect(self._show)
         worker.errored.connect(self._failed)
         worker.finished.connect(self._finished)
         worker.start()
 
-    def _compute(self, pop: str, t: int, settings: dict[str, Any]) -> dict[str, Any]:
+    def _compute(self, pop: str, t: int, settings: dict[str, Any], region=None) -> dict[str, Any]:
         try:
-            res = dict(self.preview.labels(pop, t, settings))
+            res = dict(self.preview.labels(pop, t, settings, region=region))
         except PopsegError as err:  # a person's mistake: one line in the widget, no traceback
             return {"error": one_line(err), "population": pop, "frame": t, "settings": settings}
-        res.update(population=pop, frame=t, settings=settings, filtered=self.preview.filtered(pop, t, settings))
+        res.update(population=pop, frame=t, settings=settings,
+                   filtered=self.preview.filtered(pop, t, settings, region=region))
         return res
 
     def _show(self, res: dict[str, Any]) -> None:
@@ -196,12 +244,17 @@ class TunerWidget(QWidget):
             self.status.setText(res["error"])
             return
         px = self.preview.movie.attrs["pixel_size_um"] or 1.0
-        # one frame deep, placed at its frame: moving to another frame never shows a stale preview
+        y0, _, x0, _ = res["region"]
+        self.region = res["region"]
+        # one frame deep, placed at its frame (and region): moving to another frame never shows a
+        # stale preview
         set_labels_layer(self.viewer, f"{res['population']} preview", res["labels"][None], (px, px),
-                         translate=(float(res["frame"]), 0.0, 0.0))
+                         translate=(float(res["frame"]), y0 * px, x0 * px))
         lo_hi = res["settings"].get("thresholds") or getattr(self._params(res), "thresholds", None)
         self.histogram.show(res["filtered"], lo_hi)
-        self.status.setText(f"frame {res['frame']}: {res['objects']} objects in {res['seconds']:.2f} s"
+        y0, y1, x0, x1 = res["region"]
+        part = "" if (y1 - y0, x1 - x0) == self.preview.frame_shape else f" (rows {y0}-{y1}, columns {x0}-{x1})"
+        self.status.setText(f"frame {res['frame']}{part}: {res['objects']} objects in {res['seconds']:.2f} s"
                             + (f", {res['merged_regions']} merged regions" if res["merged_regions"] else ""))
 
     def _params(self, res):
@@ -262,6 +315,23 @@ def _absolute_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
         if isinstance(v, str) and not is_url(v) and not Path(v).expanduser().is_absolute():
             out[key] = str((base / v).resolve())
     return out
+
+
+def _inside(inner, outer) -> bool:
+    return inner[0] >= outer[0] and inner[1] <= outer[1] and inner[2] >= outer[2] and inner[3] <= outer[3]
+
+
+def _region_around(view: tuple[int, int, int, int], max_pixels: int) -> tuple[int, int, int, int]:
+    """``view`` grown by a quarter of its size on each side, then cut to ``max_pixels`` about its
+    centre (a view zoomed out over a huge frame previews its middle; zoom in for the rest)."""
+    y0, y1, x0, x1 = view
+    h, w = y1 - y0, x1 - x0
+    h, w = h + 2 * (h // 4), w + 2 * (w // 4)
+    if h * w > max_pixels:
+        f = (max_pixels / (h * w)) ** 0.5
+        h, w = max(1, int(h * f)), max(1, int(w * f))
+    cy, cx = (y0 + y1) // 2, (x0 + x1) // 2
+    return cy - h // 2, cy - h // 2 + h, cx - w // 2, cx - w // 2 + w
 
 
 class _Histogram:
