@@ -170,6 +170,14 @@ def test_batched_windows_equal_windows_one_at_a_time(trained, kind):
         assert labels.shape == block.shape[-2:]
         assert np.array_equal(labels, ref) and np.array_equal(support, ref > 0)
     assert sum(int(labels.max() > 0) for labels, _, _ in got) >= 4  # every whole frame holds cells
+    # two worker threads streaming at once share the network (Cellpose 3 converted it to MKL-DNN
+    # on every CPU call, which failed when two threads did it together): same labels
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(2) as pool:
+        both = list(pool.map(lambda _: list(three.segment_windows(iter(windows))), range(2)))
+    for other in both:
+        assert all(np.array_equal(a[0], b[0]) for a, b in zip(other, got))
 
 
 def test_gpu_population_without_gpu_workers_is_refused_before_writing(trained, client2):

@@ -52,7 +52,7 @@ from ..normalize import ChannelScaling, apply_scaling, scaling_from_pixels
 from .base import BuildContext, Segmenter, WindowContext, resolve_channel
 from .stream import ahead, batches
 
-__all__ = ["ModelParams", "ModelSegmenter", "cached_model", "model_loads", "network_passes", "read_model_metadata",
+__all__ = ["ModelParams", "ModelSegmenter", "cached_model", "forward_lock", "model_loads", "network_passes", "read_model_metadata",
            "rounded"]
 
 log = logging.getLogger(__name__)
@@ -64,6 +64,11 @@ METADATA_FILE = "config_input.json"
 _MODELS: dict[tuple, Any] = {}
 _LOADS: Counter = Counter()
 _LOCK = threading.Lock()
+# One forward pass of a network at a time per process: Cellpose 3 converts its network to MKL-DNN
+# (TorchScript) on every CPU call, which fails when two threads do it at once ("Can't redefine
+# method: __getstate__", seen with two worker threads each streaming); and concurrent passes only
+# compete for the same cores or device. Reading and post-processing still overlap with the pass.
+_FORWARD_LOCKS: dict[tuple, threading.Lock] = {}
 
 
 def cached_model(key: tuple, load: Callable[[], Any]) -> Any:
@@ -77,6 +82,12 @@ def cached_model(key: tuple, load: Callable[[], Any]) -> Any:
                 _MODELS[key] = model
                 _LOADS[key] += 1
     return model
+
+
+def forward_lock(key: tuple) -> threading.Lock:
+    """The lock that serialises forward passes of the model ``key`` in this process."""
+    with _LOCK:
+        return _FORWARD_LOCKS.setdefault(key, threading.Lock())
 
 
 _PASSES: Counter = Counter()
@@ -275,7 +286,9 @@ class ModelSegmenter(Segmenter):
 
     def predict(self, model: Any, image: np.ndarray) -> np.ndarray:
         """Labels ``(y, x)`` of a scaled image: network, rounding, post-processing."""
-        return self.postprocess(model, rounded(self.network(model, image)), image.shape[:2])
+        with forward_lock(self._model_key()):
+            outputs = rounded(self.network(model, image))
+        return self.postprocess(model, outputs, image.shape[:2])
 
     def model_scale(self, model: Any) -> float:
         """Zoom from movie pixels to the network's input grid (default: pixel sizes' ratio)."""
@@ -312,7 +325,10 @@ class ModelSegmenter(Segmenter):
 
     def model(self) -> Any:
         """The network, loaded once per worker process."""
-        return cached_model((self.kind, str(self.model_path), "gpu" if self.use_gpu else "cpu"), self.load_model)
+        return cached_model(self._model_key(), self.load_model)
+
+    def _model_key(self) -> tuple:
+        return self.kind, str(self.model_path), "gpu" if self.use_gpu else "cpu"
 
     # -- channels and scaling
     def _pick_channels(self, channel_names: Sequence[str]) -> list[str]:
@@ -432,7 +448,10 @@ class ModelSegmenter(Segmenter):
                 outputs[i] = self.cache.load(p.frame, p.box)
             if outputs[i] is None:
                 todo.append(i)
-        fresh = self.network_batch(model, [preps[i].image for i in todo]) if todo else []
+        fresh = []
+        if todo:
+            with forward_lock(self._model_key()):
+                fresh = self.network_batch(model, [preps[i].image for i in todo])
         for i, out in zip(todo, fresh):
             outputs[i] = rounded(out)
             _PASSES[self.population] += 1
