@@ -20,7 +20,6 @@ the ratio to the bare loop (goals: busy >= 90 %, popseg >= 0.95x the bare loop).
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import subprocess
 import sys
@@ -31,47 +30,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 import zarr
-from bench_models import trained_models
+from bench_models import bare_loop, trained_models
 from common import demo_movie, medians, popseg_run, print_rows
-
-_BARE = r"""
-import json, sys, time
-import numpy as np, zarr
-from popseg_dask.normalize import ChannelScaling, apply_scaling, scaling_from_pixels
-from popseg_dask.stitch import canonical_relabel
-kind, model_dir, movie, channel, out, gpu = sys.argv[1:7]
-gpu = gpu == "gpu"
-arr = zarr.open_array(movie + "/0", mode="r")
-s = [ChannelScaling()]
-if kind == "stardist":
-    from pathlib import Path
-    from stardist.models import StarDist2D
-    p = Path(model_dir)
-    model = StarDist2D(None, name=p.name, basedir=str(p.parent))
-    def seg(x):
-        return model.predict_instances(x[0][..., None], axes="YXC", normalizer=None, verbose=False,
-                                       show_tile_progress=False)[0]
-else:
-    from cellpose import models
-    cfg = json.load(open(model_dir + "/config_input.json"))
-    name = model_dir.rstrip("/").split("/")[-1]
-    model = models.CellposeModel(gpu=gpu, pretrained_model=model_dir + "/" + name)
-    def seg(x):
-        return model.eval(x[0], channels=None, normalize=False, diameter=cfg["diameter"])[0]
-dst = zarr.create_array(store=out, shape=(arr.shape[0], *arr.shape[2:]), chunks=(1, *arr.shape[2:]),
-                        dtype=np.uint32, overwrite=True)
-seg(np.zeros((1, 64, 64), np.float32))  # warm-up: graph building, first allocations
-t0 = time.perf_counter()
-offset = 0
-for t in range(arr.shape[0]):
-    x = arr[t, int(channel)][None].astype(np.float32)
-    lab, n = canonical_relabel(seg(apply_scaling(x, scaling_from_pixels(x, s), s)))
-    lab[lab > 0] += offset
-    dst[t] = lab
-    offset += n
-print(json.dumps({"seconds": time.perf_counter() - t0}))
-"""
-
 
 class BusySampler:
     """Mean GPU utilisation (NVML, every 50 ms) while the block runs; None without NVML or GPU."""
@@ -113,15 +73,6 @@ def _has_gpu() -> bool:
                                                                 check=False).returncode == 0
 
 
-def _bare(kind: str, model: Path, movie: Path, channel: int, out: Path, device: str) -> float:
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "TF_ENABLE_ONEDNN_OPTS": "0"}
-    if device == "cpu":
-        env["CUDA_VISIBLE_DEVICES"] = ""
-    res = subprocess.run([sys.executable, "-c", _BARE, kind, str(model), str(movie), str(channel), str(out), device],
-                         capture_output=True, text=True, env=env, check=True)
-    return json.loads(res.stdout.strip().splitlines()[-1])["seconds"]
-
-
 def _set_stream(client, on: bool) -> None:
     """POPSEG_STREAM here (the plan's frames per task) and on every worker (their segment tasks)."""
     value = "1" if on else "0"
@@ -154,8 +105,8 @@ def gpu(a) -> dict:
             busy = {v: [] for v in variants}
             for _ in range(repeats):
                 with sampler.measure(busy["bare loop"]):
-                    times["bare loop"].append(_bare(kind, models[kind], tmp / "movie.ome.zarr", channel,
-                                                    tmp / "bare", device))
+                    times["bare loop"].append(bare_loop(sys.executable, kind, models[kind], tmp / "movie.ome.zarr",
+                                                        channel, tmp / "bare", device=device))
                 for variant, on in (("popseg, one at a time", False), ("popseg, streamed", True)):
                     _set_stream(client, on)
                     with sampler.measure(busy[variant]):

@@ -61,12 +61,14 @@ def trained_models(python: str) -> dict[str, Path]:
     return want
 
 
-_BARE = r"""
+# the bare model loop; argv: kind model_dir movie channel out [cpu|gpu]
+BARE_LOOP = r"""
 import json, sys, time
 import numpy as np, zarr
 from popseg_dask.normalize import ChannelScaling, apply_scaling, scaling_from_pixels
 from popseg_dask.stitch import canonical_relabel
 kind, model_dir, movie, channel, out = sys.argv[1:6]
+gpu = sys.argv[6:7] == ["gpu"]
 arr = zarr.open_array(movie + "/0", mode="r")
 s = [ChannelScaling()]
 if kind == "stardist":
@@ -80,7 +82,7 @@ if kind == "stardist":
 else:
     from cellpose import models
     cfg = json.load(open(model_dir + "/config_input.json"))
-    model = models.CellposeModel(gpu=False, pretrained_model=model_dir + "/" + model_dir.rstrip("/").split("/")[-1])
+    model = models.CellposeModel(gpu=gpu, pretrained_model=model_dir + "/" + model_dir.rstrip("/").split("/")[-1])
     def seg(x):
         return model.eval(x[0], channels=None, normalize=False, diameter=cfg["diameter"])[0]
 def loop():
@@ -100,14 +102,20 @@ print(json.dumps({"seconds": time.perf_counter() - t0}))
 """
 
 
-def _bare_loop(python: str, kind: str, model: Path, movie: Path, channel: int, out: Path, threads: int) -> float:
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
-           "TF_NUM_INTRAOP_THREADS": str(threads), "TF_NUM_INTEROP_THREADS": "1",
-           "TF_CPP_MIN_LOG_LEVEL": "2", "TF_ENABLE_ONEDNN_OPTS": "0"}
-    prefix = f"import torch; torch.set_num_threads({threads})\n" if kind == "cellpose" else ""
-    code = prefix + _BARE
-    res = subprocess.run([python, "-c", code, kind, str(model), str(movie), str(channel), str(out)],
-                         capture_output=True, text=True, env=env, check=True)
+def bare_loop(python: str, kind: str, model: Path, movie: Path, channel: int, out: Path, threads: int | None = None,
+              device: str | None = None) -> float:
+    """Seconds of :data:`BARE_LOOP` over the movie in a process of its own: ``threads`` caps the
+    frameworks' threads (None: their defaults); ``device`` "cpu" hides the GPUs, "gpu" uses one."""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "TF_ENABLE_ONEDNN_OPTS": "0"}
+    prefix = ""
+    if threads is not None:
+        env.update({"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
+                    "TF_NUM_INTRAOP_THREADS": str(threads), "TF_NUM_INTEROP_THREADS": "1"})
+        prefix = f"import torch; torch.set_num_threads({threads})\n" if kind == "cellpose" else ""
+    if device == "cpu":
+        env["CUDA_VISIBLE_DEVICES"] = ""
+    args = [kind, str(model), str(movie), str(channel), str(out)] + ([device] if device else [])
+    res = subprocess.run([python, "-c", prefix + BARE_LOOP, *args], capture_output=True, text=True, env=env, check=True)
     return json.loads(res.stdout.strip().splitlines()[-1])["seconds"]
 
 
@@ -132,10 +140,10 @@ def models(a) -> dict:
                                                                  "bare loop, 2 threads", "popseg 2 workers")}
                 for _ in range(repeats):
                     times["bare loop, 1 thread"].append(
-                        _bare_loop(python, kind, models[kind], tmp / "movie.ome.zarr", channel, tmp / "bare", 1))
+                        bare_loop(python, kind, models[kind], tmp / "movie.ome.zarr", channel, tmp / "bare", 1))
                     times["popseg 1 worker"].append(popseg_run(tmp / f"{kind}.yaml", clients[1])[0])
                     times["bare loop, 2 threads"].append(
-                        _bare_loop(python, kind, models[kind], tmp / "movie.ome.zarr", channel, tmp / "bare", 2))
+                        bare_loop(python, kind, models[kind], tmp / "movie.ome.zarr", channel, tmp / "bare", 2))
                     times["popseg 2 workers"].append(popseg_run(tmp / f"{kind}.yaml", clients[2])[0])
                 med = medians(times)
                 ours = zarr.open_array(str(tmp / f"{kind}.zarr" / "labels" / kind / "0"), mode="r")[...]
