@@ -195,6 +195,8 @@ def whole_frames_task(sources: list[FrameSource], ts: list[int], stats0: Any, se
     out = []
     for source, t, result in zip(sources, ts, segmented, strict=True):  # strict: runs it to its end
         s = stats.pop(t)
+        # the tile reads its window again: a slice of the frame cache up to 256 MiB; keeping every
+        # streamed frame's pixels until its result instead would hold a batch of frames more
         part = tile_task(source, s, segmenter, tile, scratch, t, aux, plan, result)
         out.append(merge_task(source, s, segmenter, [part], scratch, t, aux, plan, record))
     return out

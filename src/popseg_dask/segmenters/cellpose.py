@@ -70,7 +70,7 @@ class CellposeSegmenter(ModelSegmenter):
     name = "cellpose"
     kind = "cellpose"
     Params = CellposeParams
-    label_neutral: ClassVar[frozenset[str]] = frozenset({"model", "batch_size", "batch_windows"})  # per pass
+    label_neutral: ClassVar[frozenset[str]] = ModelSegmenter.label_neutral | {"batch_size"}  # tiles per pass
     label_packages: ClassVar[tuple[str, ...]] = ("cellpose", "torch")
     postprocess_keys: ClassVar[frozenset[str]] = frozenset({"cellprob_threshold", "flow_threshold", "min_size"})
     labels_version: ClassVar[int] = 2  # 2: float16 network outputs (cacheable)

@@ -264,8 +264,6 @@ class ModelSegmenter(Segmenter):
         rf = float(info["receptive_field"])  # in model pixels
         self.halo = int(math.ceil(rf / self.scale)) + self.object_size
         self.needs_frame_stats = not self.p.normalize_frames and any(s.mode == "percentile" for s in self.scalings)
-        self.batch_windows = self._default_batch()
-        self.window_stream = STREAM_BATCHES * self.batch_windows if streaming() else 1
 
     # -- what subclasses provide
     @abstractmethod
@@ -310,11 +308,10 @@ class ModelSegmenter(Segmenter):
         new = copy.copy(self)
         new.use_gpu = device == "gpu"
         new.resources = {"GPU": 1} if new.use_gpu else None
-        new.batch_windows = new._default_batch()
-        new.window_stream = STREAM_BATCHES * new.batch_windows if streaming() else 1
         return new
 
-    def _default_batch(self) -> int:
+    @property
+    def batch_windows(self) -> int:
         """Windows per forward pass, at most: as configured; else 8 on a GPU and 1 on the CPU,
         where a batch of eight 512² windows took 1.6-2x the time of one at a time (larger
         activations, worse cache use; benchmarks/RESULTS.md) while the overlap of reading,
@@ -322,6 +319,12 @@ class ModelSegmenter(Segmenter):
         if self.p.batch_windows is not None:
             return int(self.p.batch_windows)
         return MAX_BATCH if self.use_gpu else 1
+
+    @property
+    def window_stream(self) -> int:
+        """Frames per :meth:`segment_windows` call: :data:`STREAM_BATCHES` batches (1 with
+        ``POPSEG_STREAM=0``)."""
+        return STREAM_BATCHES * self.batch_windows if streaming() else 1
 
     def model(self) -> Any:
         """The network, loaded once per worker process."""
