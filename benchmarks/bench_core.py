@@ -97,6 +97,28 @@ def _same_as_serial(tmp: Path, cfg: dict) -> None:
         assert np.array_equal(a, b), f"popseg and the serial loop disagree on {pop}"
 
 
+def client_share(cfg_path: Path, variants: dict) -> tuple[dict, dict]:
+    """CPU seconds of the client + embedded scheduler (+ nannies) in one run of each variant,
+    and their share of the run's CPU; each cluster alone in this process, so that no other
+    cluster's idle loop is charged to it. The first dict also holds the last run's record."""
+    def worker_cpu() -> float:  # nested: pickled by value, workers cannot import this module
+        import psutil
+
+        t = psutil.Process().cpu_times()
+        return t.user + t.system
+
+    client_cpu, share = {}, {}
+    for name, (n, th) in variants.items():
+        with cluster(n, th) as client:
+            popseg_run(cfg_path, client)  # warm-up
+            c0, w0 = _cpu_seconds(), sum(client.run(worker_cpu).values())
+            _, rec = popseg_run(cfg_path, client)
+            client_cpu[name] = _cpu_seconds() - c0
+            workers_s = sum(client.run(worker_cpu).values()) - w0
+            share[name] = client_cpu[name] / (client_cpu[name] + workers_s)
+    return {**client_cpu, "record": rec}, share
+
+
 def core(a) -> dict:
     from popseg_dask.synthetic import DEMO_CONFIG
 
@@ -116,38 +138,26 @@ def core(a) -> dict:
         pair = "2 serial loops at once (each the whole movie)"
         staged = "popseg 1 worker, staged numbering"
         times: dict[str, list[float]] = {"serial loop": [], pair: [], **{k: [] for k in variants}, staged: []}
-        # the client and the embedded scheduler live in this process and share the workers' cores
-        client_cpu: dict[str, list[float]] = {k: [] for k in variants}
-        share: dict[str, list[float]] = {k: [] for k in variants}
-
-        def worker_cpu() -> float:  # nested: pickled by value, workers cannot import this module
-            import psutil
-
-            t = psutil.Process().cpu_times()
-            return t.user + t.system
-
         for _ in range(repeats):
             # interleaved so that machine noise hits every variant alike
             times["serial loop"].append(serial_baseline(tmp / "movie.ome.zarr", cfg, tmp / "serial"))
             times[pair].append(two_loops_at_once(tmp / "movie.ome.zarr", cfg, tmp))
             for name, client in clients.items():
-                c0, w0 = _cpu_seconds(), sum(client.run(worker_cpu).values())
-                t, rec = popseg_run(tmp / "run.yaml", client)
-                client_cpu[name].append(_cpu_seconds() - c0)
-                workers_s = sum(client.run(worker_cpu).values()) - w0
-                share[name].append(client_cpu[name][-1] / (client_cpu[name][-1] + workers_s))
-                times[name].append(t)
+                times[name].append(popseg_run(tmp / "run.yaml", client)[0])
             # A/B of direct numbering: the same worker, untiled frames through a scratch array
             times[staged].append(popseg_run(tmp / "run.yaml", clients["popseg 1 worker"], direct=False)[0])
         _same_as_serial(tmp, cfg)
+        stack.close()
+        client_cpu, share = client_share(tmp / "run.yaml", variants)
+    rec = client_cpu.pop("record")
     med = medians(times)
     return {
         "movie": {"frames": frames, "size": size, "channels": 2, "populations": 2,
                   "objects": {p: rec["populations"][p]["n_objects"] for p in cfg["populations"]}},
         "repeats": repeats, "seconds": times, "cluster_startup_s": startup, "median_s": med,
-        "client_and_scheduler_cpu_s": medians(client_cpu),
+        "client_and_scheduler_cpu_s": client_cpu,
         # goal: <= 3 % of a run's CPU (client + embedded scheduler over client + workers)
-        "client_and_scheduler_cpu_share": medians(share),
+        "client_and_scheduler_cpu_share": share,
         "frames_per_s": {k: (4 if k == pair else 2) * frames / v for k, v in med.items()},
         "ratios": {
             "popseg 1 worker / serial loop (time)": med["popseg 1 worker"] / med["serial loop"],

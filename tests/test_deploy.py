@@ -245,3 +245,33 @@ def test_object_store_recipes_need_no_shared_volume():
             assert "volumes" not in svc  # the cluster shares nothing but the network
             _check_command(svc["entrypoint"])
     assert compose["cpu-worker"]["environment"]["AWS_ENDPOINT_URL"] == "http://s3:9000"
+
+
+def test_embedded_cluster_runs_quiet_monitors_and_keeps_the_users_choice():
+    """The scheduler, the nannies and the workers they spawn all take popseg's slower monitors;
+    a value the user set is kept, and the process's dask config is left as it was."""
+    import dask.config
+
+    from popseg_dask.cluster import QUIET_MONITORS, open_client
+
+    tick = "distributed.admin.tick.interval"
+    with open_client(n_workers=1, dashboard=False) as client:
+        assert client.cluster.scheduler.periodic_callbacks["tick"].callback_time == 500
+        seen = client.run(lambda: {k: dask.config.get(k) for k in QUIET_MONITORS})
+        assert list(seen.values()) == [{k: quiet for k, (_, quiet) in QUIET_MONITORS.items()}]
+        assert dask.config.get(tick) == "20ms"
+    with dask.config.set({tick: "100ms"}):
+        with open_client(n_workers=1, dashboard=False) as client:
+            assert client.cluster.scheduler.periodic_callbacks["tick"].callback_time == 100
+            assert set(client.run(lambda: dask.config.get(tick)).values()) == {"100ms"}
+
+
+def test_deploy_dask_config_sets_the_embedded_clusters_monitors():
+    config = yaml.safe_load((DEPLOY / "dask.yaml").read_text())
+    from popseg_dask.cluster import QUIET_MONITORS
+
+    for key, (_, quiet) in QUIET_MONITORS.items():
+        node = config
+        for part in key.split("."):
+            node = node[part]
+        assert node == quiet, key

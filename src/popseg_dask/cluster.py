@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from .compat import adopt_new_workers
 from .errors import PopsegError
 
-__all__ = ["open_client", "default_workers", "detect_gpus", "adaptive_malloc"]
+__all__ = ["open_client", "default_workers", "detect_gpus", "adaptive_malloc", "quiet_monitors"]
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +28,19 @@ log = logging.getLogger(__name__)
 # 40 MB more resident memory per worker. A value the user exported before popseg started is
 # kept: only the one dask's nannies leave in os.environ is dropped.
 _USER_TRIM = os.environ.get("MALLOC_TRIM_THRESHOLD_")
+
+
+# dask's clocks, set for dashboards and for workers that swing gigabytes in a blink; in an
+# embedded cluster the scheduler and the nannies run in the client's process on the workers'
+# cores, and at these defaults they alone took 3.5 % of a core while idle (tick 50 times a
+# second, a system monitor twice a second, a memory monitor per nanny ten times a second);
+# at the values here 1.1 % (benchmarks/RESULTS.md, "client and scheduler share"). A value
+# the user set in the dask config is kept.
+QUIET_MONITORS = {
+    "distributed.admin.tick.interval": ("20ms", "500ms"),
+    "distributed.admin.system-monitor.interval": ("500ms", "2s"),
+    "distributed.worker.memory.monitor-interval": ("100ms", "500ms"),
+}
 
 
 def default_workers() -> int:
@@ -184,9 +197,9 @@ def _embedded(n_workers: int | None, threads_per_worker: int, dashboard: bool, g
         raise PopsegError(f"--gpu-workers must be >= 0, got {n_gpu}")
     # without real devices (a CPU test of the placement), GPU workers are numbered 0, 1, ...
     ids = (gpus + [str(i) for i in range(len(gpus), n_gpu)])[:n_gpu]
-    with adaptive_malloc():
+    with adaptive_malloc(), quiet_monitors():
         cluster = _local_cluster(n, n_gpu, gpus, ids, threads_per_worker, dashboard)
-    client = Client(cluster)
+        client = Client(cluster)
     if n_gpu:
         client.wait_for_workers(n + n_gpu, timeout=120)
     try:
@@ -220,6 +233,22 @@ def _local_cluster(n: int, n_gpu: int, gpus: list[str], ids: list[str], threads_
             cluster.worker_spec[f"gpu-{i}"] = {"cls": Nanny, "options": opts}
         adopt_new_workers(cluster)
     return cluster
+
+
+@contextlib.contextmanager
+def quiet_monitors() -> Iterator[None]:
+    """Create a scheduler, nannies and workers inside this block with slower periodic monitors.
+
+    Each server reads its intervals when it is created and nannies hand their config to the
+    workers they spawn, so the setting lasts for the cluster's life and leaves the rest of
+    the process's dask config alone. Keys the user changed from dask's defaults are kept.
+    """
+    import dask.config
+
+    chosen = {key: quiet for key, (default, quiet) in QUIET_MONITORS.items()
+              if str(dask.config.get(key, default)) == default}
+    with dask.config.set(chosen):
+        yield
 
 
 @contextlib.contextmanager
