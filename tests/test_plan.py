@@ -143,3 +143,30 @@ def test_output_paths_come_from_one_layout(demo_dir, client2):
     for pop in config.populations:
         assert zarr.open_array(str(lay.label_array(pop)), mode="r").ndim == 3
     assert not lay.state.exists()  # the ledger and scratch are gone once the run is complete
+
+
+def test_shifted_into_adds_the_offset_to_objects_only():
+    from popseg_dask._engine.direct import shifted_into
+
+    rng = np.random.default_rng(3)
+    ids = (rng.random((37, 41)) < 0.4) * rng.integers(1, 500, (37, 41))
+    for dtype in (np.uint32, np.int64):
+        for offset in (0, 1, 12345, 2**32 - 501):
+            out = np.full(ids.shape, 7, np.uint32)  # a reused buffer holds an earlier frame's ids
+            shifted_into(out, ids.astype(dtype), offset)
+            assert np.array_equal(out, np.where(ids > 0, ids + offset, 0).astype(np.uint32)), (dtype, offset)
+
+
+def test_shard_block_is_reused_per_thread_and_replaced_for_another_shape():
+    import threading
+
+    from popseg_dask._engine.worker import shard_block
+
+    a = shard_block((2, 8, 8), np.uint32)
+    assert shard_block((2, 8, 8), np.uint32) is a
+    assert shard_block((2, 8, 8), np.uint64) is not a
+    other = []
+    t = threading.Thread(target=lambda: other.append(shard_block((2, 8, 8), np.uint64)))
+    t.start()
+    t.join()
+    assert other[0] is not shard_block((2, 8, 8), np.uint64)  # two threads never share a buffer

@@ -35,10 +35,10 @@ from ..segmenters import Segmenter
 from ..stitch import FrameInfo, canonical_relabel
 from ..tiling import Tile, TilePlan
 from .plan import DIRECT_DTYPE
-from .worker import ArrayRef, FrameSource, frame_windows, open_array
+from .worker import ArrayRef, FrameSource, frame_windows, open_array, shard_block
 
 __all__ = ["FramesInMemory", "segment_in_memory_task", "count_task", "advance_task", "write_task",
-           "DirectChain"]
+           "DirectChain", "shifted_into"]
 
 @dataclass
 class FramesInMemory:
@@ -104,17 +104,22 @@ def write_task(parts: list[FramesInMemory], offset: int, final: ArrayRef, groups
     dst, led = open_array(final, "r+"), Ledger(ledger)
     for ts in groups:
         for y0, y1, x0, x1 in windows:
-            dst[ts[0]:ts[-1] + 1, y0:y1, x0:x1] = np.stack(
-                [_shifted(labels[t][y0:y1, x0:x1], offsets[t]) for t in ts])
+            block = shard_block((len(ts), y1 - y0, x1 - x0), DIRECT_DTYPE)
+            for i, t in enumerate(ts):
+                shifted_into(block[i], labels[t][y0:y1, x0:x1], offsets[t])
+            dst[ts[0]:ts[-1] + 1, y0:y1, x0:x1] = block
         led.mark_numbered(population, ts, [infos[t] for t in ts])
     return [(t, infos[t]) for t in ts_all]
 
 
-def _shifted(ids: np.ndarray, offset: int) -> np.ndarray:
-    out = ids.astype(DIRECT_DTYPE)
-    if offset:
-        np.add(out, DIRECT_DTYPE.type(offset), out=out, where=ids > 0)
-    return out
+def shifted_into(out: np.ndarray, ids: np.ndarray, offset: int) -> None:
+    """``out`` = ``ids`` + ``offset`` where ``ids`` > 0, else 0 (a masked add is 5x slower)."""
+    if not offset:
+        out[...] = ids
+        return
+    np.not_equal(ids, 0, out=out)
+    np.multiply(out, out.dtype.type(offset), out=out)
+    np.add(out, ids, out=out, casting="unsafe")
 
 
 class DirectChain:
