@@ -275,3 +275,31 @@ def test_deploy_dask_config_sets_the_embedded_clusters_monitors():
         for part in key.split("."):
             node = node[part]
         assert node == quiet, key
+
+
+def test_a_pending_client_starts_in_the_background_and_hands_back_its_errors():
+    import pytest
+
+    from popseg_dask.cluster import PendingClient
+    from popseg_dask.errors import PopsegError
+
+    with PendingClient(n_workers=1, dashboard=False) as pending:
+        client = pending.result()
+        assert pending.result() is client
+        assert len(client.scheduler_info()["workers"]) == 1
+        assert client.submit(sum, [1, 2]).result() == 3
+    assert client.status == "closed"
+    with PendingClient(n_workers=1, gpu_workers=-1, dashboard=False) as pending:
+        with pytest.raises(PopsegError, match="--gpu-workers must be >= 0"):
+            pending.result()
+    PendingClient(n_workers=1, dashboard=False).close()  # closed without ever being asked for
+
+
+def test_the_package_imports_its_heavy_parts_only_when_used():
+    import subprocess
+    import sys
+
+    code = ("import sys, popseg_dask.cli; heavy = [m for m in ('dask.array', 'xarray', 'skimage', 'distributed') "
+            "if m in sys.modules]; print(heavy); from popseg_dask import run, open_movie; print(run.__module__)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["[]", "popseg_dask._engine.run"]

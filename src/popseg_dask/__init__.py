@@ -17,10 +17,27 @@ PopsegError
     The error raised for user mistakes and unusable inputs.
 """
 
-from .config import RunConfig, load_config, parse_config
+from importlib import import_module
+
 from .errors import PopsegError
-from .io.movie import open_movie
-from .pipeline import run, segment_frame, segment_region
+
+# Imported on first use (PEP 562): the command line starts its cluster's worker processes
+# before it imports dask.array, xarray and the segmenters (1.1 s), so they start together.
+_LAZY = {"RunConfig": "config", "load_config": "config", "parse_config": "config", "open_movie": "io.movie",
+         "run": "pipeline", "segment_frame": "pipeline", "segment_region": "pipeline"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        value = getattr(import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
+
 
 __all__ = ["open_movie", "load_config", "parse_config", "RunConfig", "run", "segment_frame", "segment_region",
            "PopsegError"]

@@ -20,19 +20,21 @@ __all__ = ["main"]
 
 def _cmd_run(args) -> int:
     from .config import load_config
-    from .pipeline import run
 
     config = load_config(args.config)
-    from .screen import find_positions
+    with _cluster_starting(args) as pending:
+        from .pipeline import run
+        from .screen import find_positions
 
-    screen = find_positions(config)
-    if screen is not None:
-        return _run_screen(config, screen, args)
-    record = run(
-        config, scheduler=args.scheduler, cluster=args.cluster, security=_security(args), n_workers=args.workers,
-        gpu_workers=args.gpu_workers, in_place=args.in_place, overwrite=args.overwrite, prune=args.prune,
-        dry_run=args.dry_run, drop_cache=args.drop_cache, progress=not args.quiet, echo=print,
-    )
+        screen = find_positions(config)
+        if screen is not None:
+            return _run_screen(config, screen, args, pending)
+        record = run(
+            config, scheduler=args.scheduler, cluster=args.cluster, security=_security(args),
+            n_workers=args.workers, gpu_workers=args.gpu_workers, in_place=args.in_place, overwrite=args.overwrite,
+            prune=args.prune, dry_run=args.dry_run, drop_cache=args.drop_cache, progress=not args.quiet,
+            echo=print, client=pending,
+        )
     if args.dry_run:
         return 0
     _print_summary(record, args.config)
@@ -46,12 +48,28 @@ def _cmd_run(args) -> int:
     return 0
 
 
-def _run_screen(config, screen, args) -> int:
+def _cluster_starting(args):
+    """The embedded cluster, started now so that its workers start while the run is planned;
+    nothing is started for a dry run or a cluster given by address or by SLURM."""
+    import contextlib
+
+    if args.dry_run or args.scheduler or args.cluster not in (None, "local"):
+        return contextlib.nullcontext()
+    from .cluster import PendingClient
+
+    return PendingClient(n_workers=args.workers, gpu_workers=args.gpu_workers)
+
+
+def _run_screen(config, screen, args, pending=None) -> int:
+    import contextlib
+
     from .cluster import open_client
     from .screen import run_screen
 
-    with open_client(args.scheduler, cluster=args.cluster, n_workers=args.workers, gpu_workers=args.gpu_workers,
-                     security=_security(args)) as client:
+    starting = contextlib.nullcontext(pending.result()) if pending is not None else open_client(
+        args.scheduler, cluster=args.cluster, n_workers=args.workers, gpu_workers=args.gpu_workers,
+        security=_security(args))
+    with starting as client:
         summary = run_screen(config, screen, client=client, overwrite=args.overwrite, in_place=args.in_place,
                              progress=not args.quiet, prune=args.prune, dry_run=args.dry_run,
                              drop_cache=args.drop_cache, echo=print)

@@ -16,7 +16,8 @@ from collections.abc import Iterator
 from .compat import adopt_new_workers
 from .errors import PopsegError
 
-__all__ = ["open_client", "default_workers", "detect_gpus", "adaptive_malloc", "quiet_monitors"]
+__all__ = ["open_client", "default_workers", "detect_gpus", "adaptive_malloc", "quiet_monitors",
+           "PendingClient"]
 
 log = logging.getLogger(__name__)
 
@@ -177,6 +178,49 @@ def open_client(
         return
     with _embedded(n_workers, threads_per_worker, dashboard, gpu_workers) as client:
         yield client
+
+
+class PendingClient:
+    """An embedded cluster starting in a background thread while this one does other work.
+
+    ``popseg run`` starts its worker processes first, then imports the pipeline and plans the
+    run (reads the config and the movie's metadata) while they start: the two overlap instead
+    of adding up. :meth:`result` waits for the client (re-raising what stopped it);
+    :meth:`close` shuts down what was started, also when :meth:`result` was never called.
+    Keyword arguments are those of :func:`open_client` for an embedded cluster.
+    """
+
+    def __init__(self, **kwargs):
+        import threading
+
+        self._stack = contextlib.ExitStack()
+        self._client = self._error = None
+        self._thread = threading.Thread(target=self._start, args=(kwargs,), name="popseg-cluster-start",
+                                        daemon=True)
+        self._thread.start()
+
+    def _start(self, kwargs: dict) -> None:
+        try:
+            self._client = self._stack.enter_context(open_client(**kwargs))
+        except BaseException as e:  # handed to the thread that asks for the client
+            self._error = e
+
+    def result(self):
+        """The connected ``distributed.Client`` (waits for the cluster to start)."""
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._client
+
+    def close(self) -> None:
+        self._thread.join()
+        self._stack.close()
+
+    def __enter__(self) -> "PendingClient":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 @contextlib.contextmanager

@@ -23,7 +23,7 @@ from typing import Callable
 import dask
 import numpy as np
 
-from ..cluster import open_client
+from ..cluster import PendingClient, open_client
 from ..config import RunConfig
 from ..io.labels import LabelGrid, LabelStore, create_scratch, relative_source
 from ..io.lease import Lease
@@ -74,8 +74,9 @@ def run(config: RunConfig, *, scheduler: str | None = None, cluster: str | None 
         Delete the output's cached network outputs (``cache: model_outputs``) once the run is done.
     progress : bool or callable
         Show a progress bar; a callable ``progress(stage, done, total)`` receives each step instead.
-    client : distributed.Client, optional
-        Use this client (and ignore ``scheduler``/``n_workers``).
+    client : distributed.Client or popseg_dask.cluster.PendingClient, optional
+        Use this client (and ignore ``scheduler``/``n_workers``); a pending one is waited for
+        once the run is planned.
     echo : callable
         Receives one-line status messages (the CLI prints them).
 
@@ -93,6 +94,8 @@ def run(config: RunConfig, *, scheduler: str | None = None, cluster: str | None 
         return {"dry_run": True, "output": str(plan.output),
                 "decisions": {d.population: {"action": d.action, "changed": list(d.changed)} for d in decisions}}
     # Connect before touching the output: a cluster that cannot be reached leaves nothing behind.
+    if isinstance(client, PendingClient):
+        client = client.result()
     if client is not None:
         return execute(client, plan, overwrite=overwrite, prune=prune, drop_cache=drop_cache, progress=progress,
                        echo=echo, t0=t0)
