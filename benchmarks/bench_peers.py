@@ -21,6 +21,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 import zarr
+from popseg_dask.synthetic import DEMO_CONFIG
+
 from common import (
     HERE,
     cluster,
@@ -33,6 +35,7 @@ from common import (
 )
 
 CD_VENV = HERE / ".venv-celldetective"
+STD_THRESHOLD = 30  # F1 1.0 on the demo's effectors with fill_holes and the area query
 
 _CD_LOOP = r"""
 import json, os, sys, time
@@ -64,11 +67,43 @@ def _celldetective_python(given: str | None) -> str:
     return str(py)
 
 
+def _same_configs(channels: list[str], populations: dict) -> tuple[dict, dict]:
+    """Celldetective's keyword arguments per population and popseg's run config, the same pipeline."""
+    from popseg_dask.synthetic import DEMO_CONFIG
+
+    cd_cfg, pops = {}, {}
+    for pop, spec in populations.items():
+        cd_cfg[pop] = {"target_channel": channels.index(spec["channel"]), "thresholds": spec["thresholds"],
+                       "filters": spec["filters"], "marker_min_distance": spec["marker_min_distance"],
+                       "marker_footprint_size": spec["marker_footprint_size"],
+                       "feature_queries": spec["feature_queries"], "do_watershed": spec["do_watershed"],
+                       "fill_holes": spec["fill_holes"]}
+        # Celldetective's global watershed tie-break, for identical masks (see README, Compatibility)
+        pops[pop] = {**spec, "watershed_ties": "celldetective"}
+    return cd_cfg, {**DEMO_CONFIG, "populations": pops}
+
+
+def _identical_masks(output: Path, cd_outputs: list[Path], populations: dict) -> dict[str, bool]:
+    """Per population: Celldetective's masks (its frames in order over ``cd_outputs``) equal
+    popseg's, compared after renumbering both in raster order."""
+    from popseg_dask.stitch import canonical_relabel
+
+    identical = {}
+    for pop in populations:
+        ours = zarr.open_array(str(output / "labels" / pop / "0"), mode="r")[...]
+        theirs = []
+        for path in cd_outputs:
+            with np.load(path) as cd:
+                theirs.extend(cd[pop])
+        identical[pop] = len(theirs) == len(ours) and all(
+            np.array_equal(canonical_relabel(c)[0], canonical_relabel(o)[0]) for c, o in zip(theirs, ours))
+    return identical
+
+
 def celldetective(a) -> dict:
     """popseg's threshold pipeline vs Celldetective's own segment_frame_from_thresholds, same configs."""
     import subprocess
 
-    from popseg_dask.stitch import canonical_relabel
     from popseg_dask.synthetic import DEMO_CONFIG
 
     frames, size, repeats = a.frames or 6, a.size or 2048, a.repeats or 2
@@ -77,18 +112,9 @@ def celldetective(a) -> dict:
         tmp = Path(tmp)
         m = demo_movie(tmp, frames, size, seed=2)
         np.save(tmp / "frames.npy", np.moveaxis(m.image, 1, -1))
-        names = list(m.channels)
-        cd_cfg, pops = {}, {}
-        for pop, spec in DEMO_CONFIG["populations"].items():
-            cd_cfg[pop] = {"target_channel": names.index(spec["channel"]), "thresholds": spec["thresholds"],
-                           "filters": spec["filters"], "marker_min_distance": spec["marker_min_distance"],
-                           "marker_footprint_size": spec["marker_footprint_size"],
-                           "feature_queries": spec["feature_queries"], "do_watershed": spec["do_watershed"],
-                           "fill_holes": spec["fill_holes"]}
-            # Celldetective's global watershed tie-break, for identical masks (see README, Compatibility)
-            pops[pop] = {**spec, "watershed_ties": "celldetective"}
+        cd_cfg, cfg = _same_configs(list(m.channels), DEMO_CONFIG["populations"])
         (tmp / "cd.json").write_text(json.dumps(cd_cfg))
-        cfg = {**DEMO_CONFIG, "populations": pops}
+        pops = cfg["populations"]
         (tmp / "run.yaml").write_text(yaml.safe_dump(cfg))
         env = {**os.environ, "OMP_NUM_THREADS": "1", "QT_QPA_PLATFORM": "offscreen"}
         times: dict[str, list[float]] = {"celldetective (its loop, 1 core)": [], "popseg 1 worker": [],
@@ -102,18 +128,102 @@ def celldetective(a) -> dict:
                 times["celldetective (its loop, 1 core)"].append(json.loads(res.stdout.strip().splitlines()[-1])["seconds"])
                 times["popseg 1 worker"].append(popseg_run(tmp / "run.yaml", clients[1])[0])
                 times["popseg 2 workers"].append(popseg_run(tmp / "run.yaml", clients[2])[0])
-        identical = {}
-        with np.load(tmp / "cd.npz") as cd:
-            for pop in pops:
-                ours = zarr.open_array(str(tmp / "movie.popseg.zarr" / "labels" / pop / "0"), mode="r")[...]
-                identical[pop] = all(np.array_equal(canonical_relabel(cd[pop][t])[0], canonical_relabel(ours[t])[0])
-                                     for t in range(frames))
+        identical = _identical_masks(tmp / "movie.popseg.zarr", [tmp / "cd.npz"], pops)
     med = medians(times)
     cd_s = med["celldetective (its loop, 1 core)"]
     return {"movie": {"frames": frames, "size": size}, "repeats": repeats,
             "seconds": times, "median_s": med, "identical_masks": identical,
             "ratios": {"speed-up popseg 2 workers vs celldetective": cd_s / med["popseg 2 workers"],
                        "speed-up popseg 1 worker vs celldetective (same core)": cd_s / med["popseg 1 worker"]}}
+
+
+# The demo's effectors found by their texture instead of their brightness: Celldetective's
+# local standard deviation (its users' filter for bright-field and phase contrast), then a blur.
+STD_EFFECTORS = {**DEMO_CONFIG["populations"]["effectors"], "filters": [["std", 4], ["gauss", 2]],
+                 "thresholds": [STD_THRESHOLD, float("inf")]}
+
+FIRST_TASK_PRELOAD = HERE / "first_task_preload.py"
+
+
+def _cd_two_processes(py: str, halves: list[Path], cd_json: Path, env: dict) -> tuple[float, float]:
+    """Celldetective's loop in two processes started together, each on half of the frames:
+    (seconds of the slower loop, wall seconds from start to both exited, imports included)."""
+    import subprocess
+
+    t0 = time.perf_counter()
+    procs = [subprocess.Popen([py, "-c", _CD_LOOP, str(h), str(cd_json), str(h.with_suffix(".npz"))],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for h in halves]
+    loops = []
+    for p in procs:
+        out, err = p.communicate()
+        if p.returncode:
+            raise RuntimeError(f"celldetective's loop failed: {err[-2000:]}")
+        loops.append(json.loads(out.strip().splitlines()[-1])["seconds"])
+    return max(loops), time.perf_counter() - t0
+
+
+def _popseg_command(cfg_path: Path, workers: int, env: dict) -> tuple[float, float]:
+    """``popseg run`` as a user types it: (wall seconds, seconds from the command to the
+    scheduler sending the first task), the second written by :data:`FIRST_TASK_PRELOAD`."""
+    import subprocess
+
+    stamp = cfg_path.parent / "first_task.json"
+    stamp.unlink(missing_ok=True)
+    popseg = str(Path(sys.executable).parent / "popseg")
+    env = {**env, "DASK_DISTRIBUTED__SCHEDULER__PRELOAD": json.dumps([str(FIRST_TASK_PRELOAD)]),
+           "POPSEG_BENCH_FIRST_TASK": str(stamp)}
+    t0 = time.time()
+    subprocess.run([popseg, "run", str(cfg_path), "--workers", str(workers), "--overwrite", "--quiet"],
+                   env=env, check=True, capture_output=True)
+    wall = time.time() - t0
+    return wall, json.loads(stamp.read_text())["sent"] - t0
+
+
+def command(a) -> dict:
+    """Issue 14, goal 2: the whole ``popseg run`` command (start-up included, 2 workers) against
+    Celldetective's own loop in 2 processes on the same 2 cores; one population uses ``std``."""
+    frames, size, repeats = a.frames or 24, a.size or 2048, a.repeats or 2
+    py = _celldetective_python(a.celldetective_python)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        m = demo_movie(tmp, frames, size, seed=2)
+        stack = np.moveaxis(m.image, 1, -1)
+        halves = [tmp / "frames0.npy", tmp / "frames1.npy"]
+        np.save(halves[0], stack[: frames // 2])
+        np.save(halves[1], stack[frames // 2:])
+        populations = {"targets": DEMO_CONFIG["populations"]["targets"], "effectors": STD_EFFECTORS}
+        cd_cfg, cfg = _same_configs(list(m.channels), populations)
+        (tmp / "cd.json").write_text(json.dumps(cd_cfg))
+        (tmp / "run.yaml").write_text(yaml.safe_dump(cfg))
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "QT_QPA_PLATFORM": "offscreen"}
+        cd_key, cd_wall_key = "celldetective, 2 processes (slower loop)", "celldetective, 2 processes (wall, imports included)"
+        times: dict[str, list[float]] = {cd_key: [], cd_wall_key: [], "popseg run (the command), 2 workers": []}
+        first: list[float] = []
+        _popseg_command(tmp / "run.yaml", 2, env)  # warm-up: the OS's file cache, as for the loops
+        for _ in range(repeats):
+            loop, wall = _cd_two_processes(py, halves, tmp / "cd.json", env)
+            times[cd_key].append(loop)
+            times[cd_wall_key].append(wall)
+            wall, to_first = _popseg_command(tmp / "run.yaml", 2, env)
+            times["popseg run (the command), 2 workers"].append(wall)
+            first.append(to_first)
+        identical = _identical_masks(tmp / "movie.popseg.zarr", [h.with_suffix(".npz") for h in halves],
+                                     cfg["populations"])
+    med = medians(times)
+    ours = med["popseg run (the command), 2 workers"]
+    return {"movie": {"frames": frames, "size": size}, "repeats": repeats, "populations": cfg["populations"],
+            "seconds": times, "median_s": med, "identical_masks": identical,
+            "command_to_first_task_s": first,
+            "ratios": {"speed-up of the command vs celldetective's loops": med[cd_key] / ours,
+                       "speed-up vs celldetective's processes, imports included": med[cd_wall_key] / ours}}
+
+
+def show_command(res: dict) -> None:
+    print(f"command: {res['movie']['frames']} frames of {res['movie']['size']}², 2 populations (one with std); "
+          f"median of {res['repeats']}; identical masks: {res['identical_masks']}")
+    print_rows(res["median_s"], "{:8.2f} s")
+    print(f"  command to first task: {', '.join(f'{s:.2f}' for s in res['command_to_first_task_s'])} s")
+    print_rows(res["ratios"], "{:5.2f}")
 
 
 def daskimage(a) -> dict:

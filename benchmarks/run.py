@@ -24,6 +24,9 @@ Benchmarks (defaults in brackets; --frames/--size/--repeats override them):
   celldetective         vs Celldetective 1.6.5's own threshold loop, in its own venv
                         (--celldetective-python, or created in benchmarks/.venv-celldetective)
                         [6 frames of 2048², 2 repeats]
+  command               the whole `popseg run` command (start-up included, 2 workers) vs
+                        Celldetective's loop in 2 processes; one population filtered by std;
+                        time from the command to the first task [24 frames of 2048², 2 repeats]
   daskimage             vs dask-image's ndmeasure.label on the same mask [6 frames of 2048²]
   models                StarDist and Cellpose through popseg vs the bare framework loop
                         [8 frames of 512², 2 repeats]
@@ -77,6 +80,7 @@ SUITE = {
     "tiles": (bench_tiles.tiles, bench_tiles.show_tiles),
     "memory": (bench_core.memory, bench_core.show_memory),
     "celldetective": (bench_peers.celldetective, bench_peers.show_celldetective),
+    "command": (bench_peers.command, bench_peers.show_command),
     "daskimage": (bench_peers.daskimage, bench_peers.show_daskimage),
     "models": (bench_models.models, bench_models.show_models),
     "gpu": (bench_gpu.gpu, bench_gpu.show_gpu),
