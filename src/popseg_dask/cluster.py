@@ -35,7 +35,7 @@ _USER_TRIM = os.environ.get("MALLOC_TRIM_THRESHOLD_")
 # embedded cluster the scheduler and the nannies run in the client's process on the workers'
 # cores, and at these defaults they alone took 3.5 % of a core while idle (tick 50 times a
 # second, a system monitor twice a second, a memory monitor per nanny ten times a second);
-# at the values here 1.1 % (benchmarks/RESULTS.md, "client and scheduler share"). A value
+# at the values here 1.1 % (benchmarks/RESULTS.md, "Scheduler share, shard writes"). A value
 # the user set in the dask config is kept.
 QUIET_MONITORS = {
     "distributed.admin.tick.interval": ("20ms", "500ms"),

@@ -35,7 +35,7 @@ from ..segmenters import Segmenter
 from ..stitch import FrameInfo, canonical_relabel
 from ..tiling import Tile, TilePlan
 from .plan import DIRECT_DTYPE
-from .worker import ArrayRef, FrameSource, frame_windows, open_array, shard_block
+from .worker import ArrayRef, FrameSource, frame_windows, open_array, write_shard_row
 
 __all__ = ["FramesInMemory", "segment_in_memory_task", "count_task", "advance_task", "write_task",
            "DirectChain", "shifted_into"]
@@ -102,12 +102,13 @@ def write_task(parts: list[FramesInMemory], offset: int, final: ArrayRef, groups
     if offsets[ts_all[-1]] + int(counts[-1]) > np.iinfo(DIRECT_DTYPE).max:  # excluded by direct_fits
         raise RuntimeError(f"{population}: more objects than {DIRECT_DTYPE} can number")
     dst, led = open_array(final, "r+"), Ledger(ledger)
+
+    def fill(out, t, window):
+        y0, y1, x0, x1 = window
+        shifted_into(out, labels[t][y0:y1, x0:x1], offsets[t])
+
     for ts in groups:
-        for y0, y1, x0, x1 in windows:
-            block = shard_block((len(ts), y1 - y0, x1 - x0), DIRECT_DTYPE)
-            for i, t in enumerate(ts):
-                shifted_into(block[i], labels[t][y0:y1, x0:x1], offsets[t])
-            dst[ts[0]:ts[-1] + 1, y0:y1, x0:x1] = block
+        write_shard_row(dst, ts, windows, DIRECT_DTYPE, fill)
         led.mark_numbered(population, ts, [infos[t] for t in ts])
     return [(t, infos[t]) for t in ts_all]
 

@@ -36,7 +36,7 @@ from .plan import DIRECT_DTYPE, ClusterFacts, RunPlan, plan_run, shard_units
 from .prepare import RunState, done_frames, input_tokens, prepare_output, reuse, same_input
 from .submit import Progress, run_progressively
 
-__all__ = ["run", "execute"]
+__all__ = ["run", "execute", "dry_run_record"]
 
 Echo = Callable[[str], None]
 
@@ -88,11 +88,7 @@ def run(config: RunConfig, *, scheduler: str | None = None, cluster: str | None 
     t0 = time.perf_counter()
     plan = plan_run(config, in_place=in_place)
     if dry_run:
-        decisions, _, _ = reuse(plan, input_tokens(plan), overwrite=overwrite, prune=prune)
-        for d in decisions:
-            echo(d.line())
-        return {"dry_run": True, "output": str(plan.output),
-                "decisions": {d.population: {"action": d.action, "changed": list(d.changed)} for d in decisions}}
+        return dry_run_record(plan, overwrite, prune, echo)
     # Connect before touching the output: a cluster that cannot be reached leaves nothing behind.
     if isinstance(client, PendingClient):
         client = client.result()
@@ -103,6 +99,15 @@ def run(config: RunConfig, *, scheduler: str | None = None, cluster: str | None 
                      security=security) as c:
         return execute(c, plan, overwrite=overwrite, prune=prune, drop_cache=drop_cache, progress=progress,
                        echo=echo, t0=t0)
+
+
+def dry_run_record(plan: RunPlan, overwrite: bool, prune: bool, echo: Echo) -> dict:
+    """Say what a run of ``plan`` would keep, recompute or add (one line per population), doing nothing."""
+    decisions, _, _ = reuse(plan, input_tokens(plan), overwrite=overwrite, prune=prune)
+    for d in decisions:
+        echo(d.line())
+    return {"dry_run": True, "output": str(plan.output),
+            "decisions": {d.population: {"action": d.action, "changed": list(d.changed)} for d in decisions}}
 
 
 def execute(client, plan: RunPlan, *, overwrite: bool = False, prune: bool = False, drop_cache: bool = False,

@@ -21,9 +21,10 @@ from ..segmenters import Segmenter, WindowContext
 from ..stitch import FrameResult, TileResult, complete_frame, number_from_provisional, provisional_dtype, resolve_tile
 from ..tiling import Tile, TilePlan
 
-__all__ = ["ArrayRef", "FrameSource", "shard_block", "FrameRecord", "ArrayCanvas", "open_array", "window_context", "frame_stats_task",
+__all__ = ["ArrayRef", "FrameSource", "FrameRecord", "ArrayCanvas", "open_array", "window_context", "frame_stats_task",
            "frame_windows",
-           "tile_stats_task", "reduce_stats_task", "tile_task", "merge_task", "whole_frames_task", "number_task"]
+           "tile_stats_task", "reduce_stats_task", "tile_task", "merge_task", "whole_frames_task", "number_task",
+           "shard_block", "write_shard_row"]
 
 _FRAME_CACHE: dict[str, np.ndarray] = {}
 _FRAME_CACHE_BYTES = 256 * 2**20
@@ -222,13 +223,23 @@ def shard_block(shape: tuple[int, ...], dtype) -> np.ndarray:
 
     A shard row (8 frames of up to 2048²) is 128 MiB of uint32, above glibc's largest mmap
     threshold (32 MiB): allocated afresh, every write would map and first-touch 128 MiB anew,
-    which measured 0.7-0.8 s per block here against 0.02 s reused (RESULTS.md, "shard block").
+    which measured 0.7-0.8 s per block here against 0.02 s reused (RESULTS.md, "Shard-row writes").
     One block per worker thread is kept; a block of another shape replaces it.
     """
     block = getattr(_BLOCKS, "block", None)
     if block is None or block.shape != tuple(shape) or block.dtype != np.dtype(dtype):
         _BLOCKS.block = block = np.empty(shape, dtype)
     return block
+
+
+def write_shard_row(dst, ts: list[int], windows, dtype, fill) -> None:
+    """Write every shard of frames ``ts`` (one shard row) whole, once, from a reused block;
+    ``fill(out, t, (y0, y1, x0, x1))`` writes frame ``t``'s final ids of that window into ``out``."""
+    for y0, y1, x0, x1 in windows:
+        block = shard_block((len(ts), y1 - y0, x1 - x0), dtype)
+        for i, t in enumerate(ts):
+            fill(block[i], t, (y0, y1, x0, x1))
+        dst[ts[0]:ts[-1] + 1, y0:y1, x0:x1] = block
 
 
 def number_task(scratch: ArrayRef, final: ArrayRef, groups: list[list[int]], windows, ledger: Location,
@@ -242,16 +253,18 @@ def number_task(scratch: ArrayRef, final: ArrayRef, groups: list[list[int]], win
     """
     led = Ledger(ledger)
     src, dst = open_array(scratch, "r"), open_array(final, "r+")
+    anchors: dict[int, Any] = {}  # the current group's, rebound per group
+
+    def fill(out, t, window):
+        y0, y1, x0, x1 = window
+        out[...] = number_from_provisional(src[t, y0:y1, x0:x1], anchors[t], offsets[t], np.dtype(dtype))
+
     for ts in groups:
         anchors = {t: led.load_frame(population, t).anchors for t in ts}
         for t in ts:
             if len(anchors[t]) != counts[t]:
                 raise RuntimeError(f"frame {t} of {population}: {len(anchors[t])} objects recorded, {counts[t]} "
                                    "counted; run the same command again: it resumes and numbers from the records")
-        for y0, y1, x0, x1 in windows:
-            block = shard_block((len(ts), y1 - y0, x1 - x0), dtype)
-            for i, t in enumerate(ts):
-                block[i] = number_from_provisional(src[t, y0:y1, x0:x1], anchors[t], offsets[t], np.dtype(dtype))
-            dst[ts[0]:ts[-1] + 1, y0:y1, x0:x1] = block
+        write_shard_row(dst, ts, windows, dtype, fill)
         led.mark_numbered(population, ts)
     return sum(len(ts) for ts in groups)
