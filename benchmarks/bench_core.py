@@ -97,10 +97,10 @@ def _same_as_serial(tmp: Path, cfg: dict) -> None:
         assert np.array_equal(a, b), f"popseg and the serial loop disagree on {pop}"
 
 
-def client_share(cfg_path: Path, variants: dict) -> tuple[dict, dict]:
+def client_share(cfg_path: Path, variants: dict) -> tuple[dict, dict, dict]:
     """CPU seconds of the client + embedded scheduler (+ nannies) in one run of each variant,
-    and their share of the run's CPU; each cluster alone in this process, so that no other
-    cluster's idle loop is charged to it. The first dict also holds the last run's record."""
+    their share of the run's CPU, and the last run's record; each cluster alone in this
+    process, so that no other cluster's idle loop is charged to it."""
     def worker_cpu() -> float:  # nested: pickled by value, workers cannot import this module
         import psutil
 
@@ -116,7 +116,7 @@ def client_share(cfg_path: Path, variants: dict) -> tuple[dict, dict]:
             client_cpu[name] = _cpu_seconds() - c0
             workers_s = sum(client.run(worker_cpu).values()) - w0
             share[name] = client_cpu[name] / (client_cpu[name] + workers_s)
-    return {**client_cpu, "record": rec}, share
+    return client_cpu, share, rec
 
 
 def core(a) -> dict:
@@ -148,8 +148,7 @@ def core(a) -> dict:
             times[staged].append(popseg_run(tmp / "run.yaml", clients["popseg 1 worker"], direct=False)[0])
         _same_as_serial(tmp, cfg)
         stack.close()
-        client_cpu, share = client_share(tmp / "run.yaml", variants)
-    rec = client_cpu.pop("record")
+        client_cpu, share, rec = client_share(tmp / "run.yaml", variants)
     med = medians(times)
     return {
         "movie": {"frames": frames, "size": size, "channels": 2, "populations": 2,

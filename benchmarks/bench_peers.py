@@ -35,7 +35,11 @@ from common import (
 )
 
 CD_VENV = HERE / ".venv-celldetective"
-STD_THRESHOLD = 30  # F1 1.0 on the demo's effectors with fill_holes and the area query
+# The demo's effectors found by their texture instead of their brightness: Celldetective's
+# local standard deviation (its users' filter for bright-field and phase contrast), then a blur;
+# threshold 30 gives F1 1.0 on the demo's effectors with fill_holes and the area query.
+STD_EFFECTORS = {**DEMO_CONFIG["populations"]["effectors"], "filters": [["std", 4], ["gauss", 2]],
+                 "thresholds": [30, float("inf")]}
 
 _CD_LOOP = r"""
 import json, os, sys, time
@@ -69,8 +73,6 @@ def _celldetective_python(given: str | None) -> str:
 
 def _same_configs(channels: list[str], populations: dict) -> tuple[dict, dict]:
     """Celldetective's keyword arguments per population and popseg's run config, the same pipeline."""
-    from popseg_dask.synthetic import DEMO_CONFIG
-
     cd_cfg, pops = {}, {}
     for pop, spec in populations.items():
         cd_cfg[pop] = {"target_channel": channels.index(spec["channel"]), "thresholds": spec["thresholds"],
@@ -104,8 +106,6 @@ def celldetective(a) -> dict:
     """popseg's threshold pipeline vs Celldetective's own segment_frame_from_thresholds, same configs."""
     import subprocess
 
-    from popseg_dask.synthetic import DEMO_CONFIG
-
     frames, size, repeats = a.frames or 6, a.size or 2048, a.repeats or 2
     py = _celldetective_python(a.celldetective_python)
     with tempfile.TemporaryDirectory() as tmp:
@@ -136,11 +136,6 @@ def celldetective(a) -> dict:
             "ratios": {"speed-up popseg 2 workers vs celldetective": cd_s / med["popseg 2 workers"],
                        "speed-up popseg 1 worker vs celldetective (same core)": cd_s / med["popseg 1 worker"]}}
 
-
-# The demo's effectors found by their texture instead of their brightness: Celldetective's
-# local standard deviation (its users' filter for bright-field and phase contrast), then a blur.
-STD_EFFECTORS = {**DEMO_CONFIG["populations"]["effectors"], "filters": [["std", 4], ["gauss", 2]],
-                 "thresholds": [STD_THRESHOLD, float("inf")]}
 
 FIRST_TASK_PRELOAD = HERE / "first_task_preload.py"
 
@@ -231,8 +226,6 @@ def daskimage(a) -> dict:
     same thresholded mask: throughput side by side, and how many objects the components merge."""
     import dask.array as da
     from dask_image import ndfilters, ndmeasure
-
-    from popseg_dask.synthetic import DEMO_CONFIG
 
     frames, size = a.frames or 6, a.size or 2048
     spec = DEMO_CONFIG["populations"]["targets"]
