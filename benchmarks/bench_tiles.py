@@ -7,12 +7,14 @@ bitwise equal to the untiled one.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
+import dask
 import numpy as np
 import yaml
 import zarr
@@ -39,7 +41,10 @@ def tiles(a) -> dict:
 
     frames, size, repeats = a.frames or 50, a.size or 2048, a.repeats or 1
     kind = getattr(a, "movie", "demo")
-    variants = ["none"] + [int(t) for t in a.tiles or (256, 512, 1024)]
+    sizes = [int(t) for t in a.tiles or (256, 512, 1024)]
+    # --staged: each tile size also with a frame's tiles in tasks of their own (as before frames
+    # ran their tiles in one task), interleaved with the rest
+    variants = ["none"] + sizes + ([f"{t}-staged" for t in sizes] if getattr(a, "staged", False) else [])
     rows: dict[str, dict] = {str(v): {"wall_s": [], "peak_rss_mb": [], "stitch_share": [], "merged_regions": 0}
                              for v in variants}
     with tempfile.TemporaryDirectory() as tmp:
@@ -50,10 +55,13 @@ def tiles(a) -> dict:
             for v in variants:
                 cfg = dict(base_cfg)
                 cfg["output"] = f"out-{v}.zarr"
-                cfg["populations"] = {k: {**p, "tile": "none" if v == "none" else [v, v]}
+                t = None if v == "none" else int(str(v).split("-")[0])
+                cfg["populations"] = {k: {**p, "tile": "none" if t is None else [t, t]}
                                       for k, p in base_cfg["populations"].items()}
                 (tmp / "run.yaml").write_text(yaml.safe_dump(cfg))
-                with cluster(2) as client:
+                staged = dask.config.set({"popseg.frame-task-pixels": 0}) if str(v).endswith("-staged") \
+                    else contextlib.nullcontext()
+                with cluster(2) as client, staged:
                     client.run(start_rss_sampler)
                     t0 = time.perf_counter()
                     rec = run(load_config(tmp / "run.yaml"), client=client, overwrite=True)
@@ -71,6 +79,7 @@ def tiles(a) -> dict:
                 row["whole_frame_fallbacks"] = sum(p["whole_frame_fallbacks"] for p in pops)
                 row["largest_merge_share"] = max(p.get("largest_merge_px", 0) for p in pops) / (size * size)
                 row["objects"] = {k: p["n_objects"] for k, p in rec["populations"].items()}
+                row["numbering"] = {k: p["numbering"] for k, p in rec["populations"].items()}
                 labels = {k: zarr.open_array(str(tmp / cfg["output"] / "labels" / k / "0"), mode="r")[...]
                           for k in cfg["populations"]}
                 if v == "none":

@@ -19,7 +19,8 @@ Benchmarks (defaults in brackets; --frames/--size/--repeats override them):
                         fill and distance transform vs scipy's, scratch LZ4 vs zstd [6 frames of 2048²]
   tiles                 tile sweep on 2 workers: time, stitching share, largest merge, memory,
                         equality to untiled [50 frames of 2048², --tiles 256 512 1024;
-                        --movie dense: a real dense field, >= 2 000 touching nuclei per frame]
+                        --movie dense: a real dense field, >= 2 000 touching nuclei per frame;
+                        --staged: also each tile size with a frame's tiles in tasks of their own]
   memory                peak worker memory at 50, 100, 250 and --frames frames [500 of 512²]
   celldetective         vs Celldetective 1.6.5's own threshold loop, in its own venv
                         (--celldetective-python, or created in benchmarks/.venv-celldetective)
@@ -104,6 +105,8 @@ def main(argv=None) -> int:
     p.add_argument("--size", type=int)
     p.add_argument("--repeats", type=int)
     p.add_argument("--tiles", type=int, nargs="+", default=None)
+    p.add_argument("--staged", action="store_true",
+                   help="tiles: also each tile size with a frame's tiles in tasks of their own (A/B)")
     p.add_argument("--movie", choices=["demo", "dense", "dense-drawn"], default="demo",
                    help="tiles: the demo's sparse co-culture, or a dense field of nuclei (popseg_dask.dense)")
     p.add_argument("--device", choices=["auto", "cpu"], default="auto", help="gpu: run on the CPU even where a GPU is")

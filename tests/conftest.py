@@ -26,6 +26,16 @@ def client2():
         yield client
 
 
+@pytest.fixture
+def staged_tiles(monkeypatch):
+    """A frame's tiles in tasks of their own (staged numbering: frames recorded one by one), in
+    this process and in the ``popseg`` processes it starts; what kill-and-resume tests interrupt."""
+    import dask
+
+    monkeypatch.setenv("DASK_POPSEG__FRAME_TASK_PIXELS", "0")
+    monkeypatch.setitem(dask.config.config, "popseg", {"frame-task-pixels": 0})
+
+
 @pytest.fixture(scope="session")
 def small_movie():
     """A 4-frame synthetic two-population movie (t, c, y, x) with ground truth."""

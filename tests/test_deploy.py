@@ -59,6 +59,9 @@ def test_dask_config_is_valid_dask_config():
         assert dask.config.get("distributed.scheduler.allowed-failures") == 3
         assert dask.config.get("optimization.fuse.active") is False
         assert dask.config.get("distributed.nanny.pre-spawn-environ.OMP_NUM_THREADS") == 1
+        from popseg_dask._engine.plan import STITCH_IN_TASK_PIXELS, frame_task_pixels
+
+        assert frame_task_pixels() == STITCH_IN_TASK_PIXELS  # the file states the default it documents
 
 
 def test_compose_services_run_real_commands_and_publish_on_loopback_only():

@@ -315,8 +315,10 @@ def test_gpu_population_runs_only_on_the_gpu_worker(trained, tmp_path):
     from distributed import Client, get_task_stream
     from conftest import start_loopback_cluster, stop_processes
 
-    from popseg_dask.config import load_config
-    from popseg_dask.pipeline import run
+    import dataclasses
+
+    from popseg_dask.config import load_config, parse_config
+    from popseg_dask.pipeline import execute, plan_run, run
 
     root, _ = trained
     cfg = {"input": "movie.ome.zarr", "output": "placed.zarr", "populations": {
@@ -331,17 +333,17 @@ def test_gpu_population_runs_only_on_the_gpu_worker(trained, tmp_path):
             gpu = [w for w, i in client.scheduler_info()["workers"].items() if i.get("resources", {}).get("GPU")]
             with get_task_stream(client) as ts:
                 rec = run(load_config(root / "placed.yaml"), client=client)
-        assert rec["complete"]
+            # the same tiled population with its tiles in tasks of their own (staged)
+            one = {**cfg, "output": "staged.zarr", "populations": {"sd": cfg["populations"]["sd"]}}
+            with get_task_stream(client) as ts_staged:
+                rec_staged = execute(client, dataclasses.replace(plan_run(parse_config(one, root)), direct=False))
+        assert rec["complete"] and rec_staged["complete"]
         assert rec["populations"]["sd"]["device"] == "gpu" and rec["populations"]["sd_auto"]["device"] == "gpu"
         assert rec["populations"]["sd"]["resources"] == {"GPU": 1}
-        # keys, not executions: Dask may run a task twice (a steal racing its start, a worker
-        # restarted for memory) and that is not what this test is about; where each ran is
-        where: dict[str, dict[str, set[str]]] = {}
-        for task in ts.data:
-            kind, pop = str(task["key"]).split("-")[:2]
-            where.setdefault(f"{kind}-{pop}", {}).setdefault(str(task["key"]), set()).add(task["worker"])
-        gpu_keys = {**where["tile-sd"], **where["merge-sd"], **where["direct-sd_auto"]}
-        assert len(where["tile-sd"]) + len(where["merge-sd"]) == N_FRAMES * (4 + 1)
+        where, staged = _where(ts.data), _where(ts_staged.data)
+        gpu_keys = {**where["direct-sd"], **where["direct-sd_auto"], **staged["tile-sd"], **staged["merge-sd"]}
+        assert len(where["direct-sd"]) == N_FRAMES  # a tiled frame's tiles in one task, frames in parallel
+        assert len(staged["tile-sd"]) + len(staged["merge-sd"]) == N_FRAMES * (4 + 1)
         # an untiled network streams several frames through one task on the GPU worker
         assert 1 <= len(where["direct-sd_auto"]) < N_FRAMES
         assert set().union(*gpu_keys.values()) == set(gpu)
@@ -350,7 +352,18 @@ def test_gpu_population_runs_only_on_the_gpu_worker(trained, tmp_path):
     finally:
         stop_processes(procs)
     sd = _labels(root / "placed.zarr", "sd")
-    assert sd.max() > 0
+    assert sd.max() > 0 and np.array_equal(sd, _labels(root / "staged.zarr", "sd"))
+
+
+def _where(task_stream) -> dict[str, dict[str, set[str]]]:
+    """``{"<kind>-<population>": {key: workers}}`` of a task stream. Keys, not executions: Dask may
+    run a task twice (a steal racing its start, a worker restarted for memory) and that is not
+    what the placement tests are about; where each ran is."""
+    where: dict[str, dict[str, set[str]]] = {}
+    for task in task_stream:
+        kind, pop = str(task["key"]).split("-")[:2]
+        where.setdefault(f"{kind}-{pop}", {}).setdefault(str(task["key"]), set()).add(task["worker"])
+    return where
 
 
 def test_embedded_gpu_workers_are_pinned():

@@ -96,15 +96,66 @@ def test_untiled_frames_are_batched_but_every_thread_gets_work(demo_dir):
 def test_untiled_populations_are_numbered_directly_where_uint32_provably_holds_every_id(demo_dir):
     from popseg_dask._engine.plan import aligned, direct_fits
 
-    placed = {j.name: j for j in plan_run(tiled_config(demo_dir)).for_cluster(ClusterFacts(threads=2)).jobs}
-    assert placed["targets"].numbering == "staged"   # tiles: stitched through a scratch array
+    plan = plan_run(tiled_config(demo_dir))
+    placed = {j.name: j for j in plan.for_cluster(ClusterFacts(threads=2)).jobs}
+    assert placed["targets"].numbering == "direct"    # 4 tiled frames, 2 lanes: each frame's tiles in one task
     assert placed["effectors"].numbering == "direct"  # run whole by the tile policy
+    # too few frames to keep every lane busy: a frame's tiles spread over tasks, through a scratch array
+    placed = {j.name: j for j in plan.for_cluster(ClusterFacts(threads=3)).jobs}
+    assert placed["targets"].numbering == "staged" and placed["effectors"].numbering == "direct"
     # the dtype is fixed before any count is known: one object per pixel must still fit uint32
     assert direct_fits(1000, (2048, 2048)) and not direct_fits(1024, (2048, 2048))
     assert direct_fits(100_000, (32, 32))
     # a shard row (8 frames) is covered by whole segment tasks
     assert [aligned(n, 8) for n in (1, 2, 3, 5, 7, 8, 9, 17, 64)] == [1, 2, 2, 4, 4, 8, 8, 16, 64]
     assert [aligned(n, 1) for n in (1, 3, 64)] == [1, 3, 64]  # Zarr v2: no shards
+
+
+def test_frames_too_large_for_one_task_are_tiled_across_tasks(demo_dir):
+    import dask
+
+    plan = plan_run(tiled_config(demo_dir))
+    for limit, numbering in ((192 * 192, "direct"), (192 * 192 - 1, "staged"), (0, "staged")):
+        with dask.config.set({"popseg.frame-task-pixels": limit}):  # the demo's frames are 192²
+            placed = {j.name: j for j in plan.for_cluster(ClusterFacts(threads=1)).jobs}
+        assert placed["targets"].numbering == numbering and placed["effectors"].numbering == "direct"
+    with dask.config.set({"popseg.frame-task-pixels": "big"}), pytest.raises(PopsegError, match="set a number"):
+        plan.for_cluster(ClusterFacts(threads=1))
+
+
+def test_tiled_frames_stitched_in_one_task_equal_the_staged_run_and_the_untiled_one(demo_dir, client2):
+    """Tiles of a frame in one task (direct) and in tasks of their own (staged): the same stitching,
+    bitwise the same labels, and both equal to the untiled frames."""
+    from popseg_dask.pipeline import execute
+
+    cfg = copy.deepcopy(DEMO_CONFIG)
+    cfg["populations"]["targets"]["tile"] = [64, 96]
+    recs = {}
+    for name, tile, direct in (("direct", [64, 96], True), ("staged", [64, 96], False), ("whole", "none", True)):
+        cfg["output"], cfg["populations"]["targets"]["tile"] = f"{name}.zarr", tile
+        recs[name] = execute(client2, dataclasses.replace(plan_run(parse_config(cfg, demo_dir)), direct=direct))
+    pops = {k: r["populations"]["targets"] for k, r in recs.items()}
+    assert [pops[k]["numbering"] for k in ("direct", "staged", "whole")] == ["direct", "staged", "direct"]
+    assert pops["direct"]["tiles_per_frame"] == pops["staged"]["tiles_per_frame"] == 6
+    assert pops["direct"]["merged_regions"] == pops["staged"]["merged_regions"]
+    assert pops["direct"]["copied_clusters"] == pops["staged"]["copied_clusters"]
+    labels = {k: read_labels(demo_dir / f"{k}.zarr", "targets") for k in recs}
+    cut = labels["direct"][:, 63] == labels["direct"][:, 64]  # rows either side of the first cut
+    assert (cut & (labels["direct"][:, 64] > 0)).any()  # objects the tiles cut, whole in the labels
+    assert np.array_equal(labels["direct"], labels["staged"]) and np.array_equal(labels["direct"], labels["whole"])
+
+
+def test_a_frame_plane_is_read_like_a_scratch_array_and_holds_one_frame():
+    from popseg_dask._engine.frame import FramePlane
+
+    p = FramePlane(3, (4, 5), np.uint32)
+    p[3, 1:3, 2:4] = 7
+    view = p[3, 0:2, 2:5]
+    assert view.tolist() == [[0, 0, 0], [7, 7, 0]]
+    with pytest.raises(ValueError):
+        view[0, 0] = 1  # a read is never an alias to write through
+    with pytest.raises(IndexError, match="frame 2 asked of the plane of frame 3"):
+        p[2, 0:1, 0:1]
 
 
 def test_direct_and_staged_numbering_write_the_same_labels(demo_dir, client2):

@@ -67,7 +67,7 @@ def _kill_client_when(config: Path, done, at_least: int) -> None:
     proc.wait()
 
 
-def test_killed_client_resumes_with_identical_output(long_movie, tmp_path, capsys):
+def test_killed_client_resumes_with_identical_output(long_movie, tmp_path, capsys, staged_tiles):
     root, cfg, clean = long_movie
     (root / "killed.yaml").write_text(yaml.safe_dump({**cfg, "output": "killed.zarr"}))
     out = root / "killed.zarr"
@@ -90,7 +90,7 @@ def test_killed_client_resumes_with_identical_output(long_movie, tmp_path, capsy
     print(f"client killed after {done_before} of 80 frames; the re-run computed {rec['frames_computed']}")
 
 
-def test_worker_sigkilled_mid_run_still_completes_identically(long_movie, tmp_path):
+def test_worker_sigkilled_mid_run_still_completes_identically(long_movie, tmp_path, staged_tiles):
     from distributed import Client
 
     from popseg_dask.config import load_config

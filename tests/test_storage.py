@@ -220,10 +220,11 @@ def test_frame_tokens_change_only_for_the_frames_whose_chunks_change(demo_dir, s
         assert before[2][0] == after[2][0] and before[2][1] != after[2][1]  # per channel block
 
 
-@pytest.mark.parametrize("numbering", ["staged", "direct"])
-def test_a_resume_never_mixes_two_inputs(numbering, tmp_path, capsys):
+@pytest.mark.parametrize("numbering", ["staged", "direct-tiled", "direct"])
+def test_a_resume_never_mixes_two_inputs(numbering, tmp_path, capsys, request):
     """A frame with results replaced between an interrupted run and its resume is refused, with
-    tiles (frames recorded one by one) and untiled (whole shard rows of 8 frames numbered at once)."""
+    tiles in tasks of their own (frames recorded one by one), and tiled or untiled frames in one
+    task each (whole shard rows of 8 frames numbered at once)."""
     from popseg_dask.io.images import write_ome_zarr_image
     from popseg_dask.io.ledger import Ledger
     from popseg_dask.synthetic import make_movie
@@ -232,7 +233,9 @@ def test_a_resume_never_mixes_two_inputs(numbering, tmp_path, capsys):
     write_ome_zarr_image(tmp_path / "movie.ome.zarr", m.image, m.channels, pixel_size_um=m.pixel_size_um)
     cfg = copy.deepcopy({**DEMO_CONFIG, "output": "mixed.zarr"})
     for p in cfg["populations"].values():
-        p["tile"] = 64 if numbering == "staged" else "none"
+        p["tile"] = "none" if numbering == "direct" else 64
+    if numbering == "staged":
+        request.getfixturevalue("staged_tiles")
     (tmp_path / "m.yaml").write_text(yaml.safe_dump(cfg))
     movie = tmp_path / "movie.ome.zarr" / "0"
     arr = zarr.open_array(str(movie), mode="r+")
@@ -307,7 +310,7 @@ def test_sharded_output_equals_unsharded_and_reads_back(tmp_path, client2):
         assert any(n.data and np.array_equal(np.asarray(n.data[0]), sharded[...]) for n in nodes)
 
 
-def test_a_run_on_s3_killed_mid_run_resumes_to_identical_labels(tmp_path, client2, s3, capsys):
+def test_a_run_on_s3_killed_mid_run_resumes_to_identical_labels(tmp_path, client2, s3, capsys, staged_tiles):
     import os
     import signal
     import subprocess
@@ -348,7 +351,7 @@ def test_a_run_on_s3_killed_mid_run_resumes_to_identical_labels(tmp_path, client
         assert np.array_equal(s3_labels(fs, cfg["output"], pop), labels), pop
 
 
-def test_a_worker_killed_mid_run_on_s3_still_gives_identical_labels(tmp_path, s3):
+def test_a_worker_killed_mid_run_on_s3_still_gives_identical_labels(tmp_path, s3, staged_tiles):
     """Input and output on S3, real ``dask worker`` processes on loopback: one is SIGKILLed mid-run
     and the run finishes on the other, with the labels of a clean local run."""
     import os

@@ -1,8 +1,10 @@
-"""Direct numbering: untiled frames written with their final ids by one pass, no scratch array.
+"""Direct numbering: frames written with their final ids by one pass, no scratch array.
 
-A staged run (tiles) segments every frame into a scratch array, then a second pass reads it back
-and writes the final ids once every count is known. Untiled frames fit a worker's memory, so here
-their provisional labels stay in worker memory until their offset is known::
+A staged run segments every frame into a scratch array (a frame's tiles in tasks of their own,
+perhaps on several workers), then a second pass reads it back and writes the final ids once
+every count is known. Frames that fit a worker's memory — untiled, or tiled with every tile of
+the frame in one task (:func:`popseg_dask._engine.frame.stitch_frame`) — keep their labels in
+worker memory until their offset is known::
 
     segment (a few frames, labels 1..n per frame)  -> count ─┐
     segment ...                                     -> count ─┴─> offset of the next shard row
@@ -32,8 +34,9 @@ import numpy as np
 from ..io.ledger import Ledger
 from ..location import Location
 from ..segmenters import Segmenter
-from ..stitch import FrameInfo, canonical_relabel
+from ..stitch import FrameInfo, canonical_relabel, number_from_provisional
 from ..tiling import Tile, TilePlan
+from .frame import stitch_frame
 from .plan import DIRECT_DTYPE
 from .worker import ArrayRef, FrameSource, frame_windows, open_array, write_shard_row
 
@@ -58,12 +61,15 @@ class FramesInMemory:
 
 def segment_in_memory_task(sources: list[FrameSource], ts: list[int], stats0: Any, segmenter: Segmenter, tile: Tile,
                            plan: TilePlan) -> FramesInMemory:
-    """Segment whole frames and number each 1..n in raster order of the objects' first pixels.
+    """Segment frames and number each 1..n in raster order of the objects' first pixels.
 
     A whole frame cuts nothing, so every object is exact and stitching has nothing to do: the
     staged path's provisional ids, anchors and ranks reduce to :func:`canonical_relabel`
     (raster order of first pixels), which is computed directly (12 % of the task's time saved).
+    A tiled frame is stitched in this task (``plan`` has several tiles), then numbered by its anchors.
     """
+    if not plan.untiled:
+        return _stitched_in_memory(sources, ts, stats0, segmenter, plan)
     labels, infos = [], []
     t0 = time.perf_counter()
     segmented = segmenter.segment_windows(frame_windows(sources, ts, stats0, segmenter, tile))
@@ -76,6 +82,16 @@ def segment_in_memory_task(sources: list[FrameSource], ts: list[int], stats0: An
         t1 = time.perf_counter()  # frames overlap in a batch: each is charged the time since the last one
         infos.append(FrameInfo(tile_s=t1 - t0, count=n))
         t0 = t1
+    return FramesInMemory(list(ts), labels, infos)
+
+
+def _stitched_in_memory(sources: list[FrameSource], ts: list[int], stats0: Any, segmenter: Segmenter,
+                        plan: TilePlan) -> FramesInMemory:
+    labels, infos = [], []
+    for source, t in zip(sources, ts):
+        prov, result = stitch_frame(segmenter, source, t, stats0, plan)
+        labels.append(number_from_provisional(prov, result.anchors, 0, DIRECT_DTYPE))
+        infos.append(result.info)
     return FramesInMemory(list(ts), labels, infos)
 
 
@@ -148,7 +164,7 @@ class DirectChain:
         job, arrays = self.job, self.arrays
         ts = [t for g in groups for t in g]
         tag = f"{job.name}-t{ts[0]}-{arrays.run_id}"
-        (tile,) = job.tiles
+        tile = next(iter(job.tiles))  # the whole frame, when untiled
         seg_d = dask.delayed(job.segmenter, name=f"segmenter-{tag}", traverse=False)
         offset = self.offset
         before = self._known_between(self.next_frame, ts[0])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -10,11 +11,13 @@ import numpy as np
 
 from ..errors import PopsegError
 from ..segmenters import Segmenter
-from ..stitch import FrameInfo, canonical_relabel, number_from_provisional, provisional_dtype
+from ..stitch import FrameInfo, FrameResult, canonical_relabel, number_from_provisional, provisional_dtype
 from ..tiling import TilePlan, tile_policy
-from .worker import FrameSource, frame_stats_task, merge_task, reduce_stats_task, tile_stats_task, tile_task
+from .worker import (FrameSource, frame_stats_task, merge_task, reduce_stats_task, tile_stats_task, tile_task,
+                     window_context)
 
-__all__ = ["FrameFacts", "REGION_TILE", "clip_region", "frame_facts", "region_plan", "segment_frame", "segment_region"]
+__all__ = ["FrameFacts", "FramePlane", "REGION_TILE", "clip_region", "frame_facts", "region_plan", "segment_frame",
+           "segment_region", "stitch_frame"]
 
 # Tiles a region of an untiled population's frame is segmented with (exact tiles only): the
 # frame's facts then come tile by tile, and only the tiles under the region are segmented.
@@ -50,12 +53,59 @@ def segment_frame(segmenter: Segmenter, frame: np.ndarray, tile=None, halo: int 
         Merged regions, whole-frame fallback, task times.
     """
     segmenter, plan = tile_policy(_uncached(segmenter), np.shape(frame)[-2:], tile, halo, memory_mb=tile_memory_mb)
-    src = FrameSource(_lazy(frame))
-    facts = frame_facts(segmenter, src, plan, stats)
-    scratch = _canvas(plan, provisional_dtype(plan.frame_shape))
-    results = [tile_task(src, facts.stats, segmenter, t, scratch, 0, facts.aux, plan) for t in plan]
-    result = merge_task(src, facts.stats, segmenter, results, scratch, 0, facts.aux, plan)
-    return number_from_provisional(scratch[0], result.anchors, 0), result.info
+    prov, result = stitch_frame(segmenter, FrameSource(_lazy(frame)), 0, stats, plan)
+    return number_from_provisional(prov, result.anchors, 0), result.info
+
+
+class FramePlane:
+    """Frame ``t`` of a ``(t, y, x)`` array, held in memory as one plane: what a run's scratch
+    arrays are to its tasks, for a frame whose tiles all run in one process."""
+
+    def __init__(self, t: int, frame_shape: tuple[int, int], dtype):
+        self.t = t
+        self.plane = np.zeros(frame_shape, dtype)
+
+    def _at(self, key) -> tuple:
+        if key[0] != self.t:
+            raise IndexError(f"frame {key[0]} asked of the plane of frame {self.t}")
+        return key[1:]
+
+    def __getitem__(self, key):
+        view = self.plane[self._at(key)].view()
+        view.flags.writeable = False  # a read, as from a Zarr array: never an alias to write through
+        return view
+
+    def __setitem__(self, key, values) -> None:
+        self.plane[self._at(key)] = values
+
+
+def stitch_frame(segmenter: Segmenter, source: FrameSource, t: int, stats: Any, plan: TilePlan
+                 ) -> tuple[np.ndarray, FrameResult]:
+    """Frame ``t`` through the run's tasks — facts, every tile, the merge — in this process.
+
+    The tiles' windows go through ``segment_windows`` together (a network batches them), and the
+    provisional ids and per-pixel facts stay in memory, never in a scratch array.
+
+    Returns
+    -------
+    prov : (y, x) array
+        Provisional ids (see :func:`popseg_dask.stitch.number_from_provisional`).
+    result : FrameResult
+        The frame's sorted anchors and how it was stitched.
+    """
+    t0 = time.perf_counter()
+    facts = frame_facts(segmenter, source, plan, stats, t)
+    scratch = FramePlane(t, plan.frame_shape, provisional_dtype(plan.frame_shape))
+    windows = ((source.read(tile.window), facts.stats, window_context(tile.window, source.frame_shape, facts.aux, t))
+               for tile in plan)
+    results = [tile_task(source, facts.stats, segmenter, tile, scratch, t, facts.aux, plan, done)
+               for tile, done in zip(plan, segmenter.segment_windows(windows), strict=True)]
+    tiles_s = time.perf_counter() - t0
+    result = merge_task(source, facts.stats, segmenter, results, scratch, t, facts.aux, plan)
+    # the tiles' time is all of it until the merge: the facts and the (batched) segmentation ran
+    # outside tile_task here, whose own timer saw only the bookkeeping
+    result.info.tile_s = tiles_s
+    return scratch.plane, result
 
 
 @dataclass
@@ -66,15 +116,17 @@ class FrameFacts:
     aux: Any = None
 
 
-def frame_facts(segmenter: Segmenter, source: FrameSource, plan: TilePlan, stats: Any = None) -> FrameFacts:
+def frame_facts(segmenter: Segmenter, source: FrameSource, plan: TilePlan, stats: Any = None,
+                t: int = 0) -> FrameFacts:
     """Whole-frame statistics, then the rounds of tile facts over every tile of ``plan``, as a run
-    computes them (tile by tile: a frame larger than memory is never segmented whole for them)."""
+    computes them (tile by tile: a frame larger than memory is never segmented whole for them);
+    ``t``: the frame's index in its movie."""
     stats = frame_stats_task(source, stats, segmenter)
     if not segmenter.needs_tile_stats or plan.untiled:
         return FrameFacts(stats)
-    aux = _canvas(plan, np.int32)  # as a run has it
+    aux = FramePlane(t, plan.frame_shape, np.int32)
     for r in range(segmenter.tile_stats_rounds):
-        parts = [tile_stats_task(source, stats, segmenter, t, aux, 0, r) for t in plan]
+        parts = [tile_stats_task(source, stats, segmenter, tile, aux, t, r) for tile in plan]
         stats = reduce_stats_task(parts, stats, segmenter, plan)
     return FrameFacts(stats, aux)
 
@@ -127,7 +179,7 @@ def segment_region(segmenter: Segmenter, frame, region: tuple[int, int, int, int
     src = FrameSource(_lazy(frame))
     facts = facts or frame_facts(seg, src, plan, stats)
     ring = 0 if seg.exact_tiles else 1
-    (ty, tx), scratch = plan.tile, _canvas(plan, provisional_dtype(plan.frame_shape))
+    (ty, tx), scratch = plan.tile, FramePlane(0, plan.frame_shape, provisional_dtype(plan.frame_shape))
     near = [t for t in plan if y0 // ty - ring <= t.index[0] <= (y1 - 1) // ty + ring
             and x0 // tx - ring <= t.index[1] <= (x1 - 1) // tx + ring]
     results = {t.index: tile_task(src, facts.stats, seg, t, scratch, 0, facts.aux, plan) for t in near}
@@ -136,7 +188,7 @@ def segment_region(segmenter: Segmenter, frame, region: tuple[int, int, int, int
                         for t in plan if t.index not in results})
     results = [results[t.index] for t in plan if t.index in results]  # in plan order, as a run's merge
     result = merge_task(src, facts.stats, seg, results, scratch, 0, facts.aux, plan)
-    labels, _ = canonical_relabel(np.asarray(scratch[0, y0:y1, x0:x1]))
+    labels, _ = canonical_relabel(scratch.plane[y0:y1, x0:x1])
     return labels, result.info, facts
 
 
@@ -153,14 +205,6 @@ def _lazy(frame):
     import dask.array as da
 
     return frame if isinstance(frame, da.Array) else da.from_array(np.asarray(frame), chunks=np.shape(frame))
-
-
-def _canvas(plan: TilePlan, dtype):
-    """A (1, y, x) in-memory Zarr array chunked by the plan's tiles, as a run's scratch is."""
-    import zarr
-
-    return zarr.create_array(store=zarr.storage.MemoryStore(), shape=(1, *plan.frame_shape),
-                             chunks=(1, *plan.tile), dtype=dtype, fill_value=0)
 
 
 def clip_region(region, frame_shape) -> tuple[int, int, int, int]:

@@ -32,7 +32,7 @@ from ..stitch import provisional_dtype
 from ..tiling import TilePlan, tile_policy
 
 __all__ = ["ClusterFacts", "DIRECT_DTYPE", "PopulationJob", "RunPlan", "ScratchSpec", "aligned", "default_output",
-           "direct_fits", "frames_per_task", "plan_run", "shard_units"]
+           "direct_fits", "frame_task_pixels", "frames_per_task", "plan_run", "shard_units"]
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +47,15 @@ NUMBER_PIXELS = 1 << 26
 STREAM_PIXELS = 1 << 26
 MAX_FRAMES_PER_TASK = 64
 DIRECT_DTYPE = np.dtype(np.uint32)
+# A tiled frame up to this size runs all its tiles in one task, in memory (facts, tiles, merge,
+# numbering: :func:`popseg_dask._engine.frame.stitch_frame`), when the movie has frames enough to
+# keep every lane busy. Its task holds about five frame planes of 4 bytes per pixel (256 MiB at
+# 2^24) beside one window's intermediates. Spread over tasks of their own instead, a dense 2048²
+# frame's tiles cost 2.1 s of task time against 1.4 s in one task (the fact rounds re-derive
+# the window's mask on other workers; scratch writes, re-reads and the number pass):
+# benchmarks/RESULTS.md, "Tiled frames in one task". The dask config key
+# ``popseg.frame-task-pixels`` overrides it (0: a frame's tiles always in tasks of their own).
+STITCH_IN_TASK_PIXELS = 1 << 24
 
 
 def frames_per_task(n_frames: int, frame_pixels: int, threads: int, pixel_budget: int) -> int:
@@ -106,7 +115,7 @@ class PopulationJob:
     scratch: ScratchSpec
     device: str = "cpu"
     frames_per_task: int = 1
-    numbering: str = "staged"  # or "direct": untiled frames, no scratch array (see .direct)
+    numbering: str = "staged"  # or "direct": frames in one task each, no scratch array (see .direct)
 
     @property
     def needs_movie_stats(self) -> bool:
@@ -131,7 +140,7 @@ class RunPlan:
     window: int = 8            # graphs in flight
     number_frames_per_task: int = 1
     facts: ClusterFacts | None = field(default=None)
-    direct: bool = True        # number untiled populations directly where it fits (False: A/B, tests)
+    direct: bool = True        # number directly where it fits (False: A/B, tests)
 
     @property
     def layout(self) -> OutputLayout:
@@ -156,17 +165,29 @@ class RunPlan:
         which would otherwise wait forever); ``auto`` takes one when the segmenter can use it.
         """
         depth = LabelGrid.for_shape(self.frame_shape, 2 if self.ngff_version == "0.4" else 3).frames_per_write
-        jobs = [_placed(job, self.config.populations[job.name].device, facts, self.n_frames, depth if self.direct else 0)
-                for job in self.jobs]
+        in_task = frame_task_pixels()
+        jobs = [_placed(job, self.config.populations[job.name].device, facts, self.n_frames, depth if self.direct else 0,
+                        in_task) for job in self.jobs]
         Y, X = self.frame_shape
         return dataclasses.replace(
             self, jobs=jobs, facts=facts, window=max(8, 4 * facts.threads),
             number_frames_per_task=frames_per_task(self.n_frames, Y * X, facts.threads, NUMBER_PIXELS))
 
 
-def _placed(job: PopulationJob, device: str, facts: ClusterFacts, n_frames: int, depth: int) -> PopulationJob:
+def frame_task_pixels() -> int:
+    """Pixels up to which a tiled frame runs all its tiles in one task (see :data:`STITCH_IN_TASK_PIXELS`)."""
+    value = dask.config.get("popseg.frame-task-pixels", STITCH_IN_TASK_PIXELS)
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise PopsegError(f"dask config popseg.frame-task-pixels is {value!r}; set a number of pixels "
+                          "(0: a frame's tiles always in tasks of their own)") from None
+
+
+def _placed(job: PopulationJob, device: str, facts: ClusterFacts, n_frames: int, depth: int,
+            in_task_px: int = STITCH_IN_TASK_PIXELS) -> PopulationJob:
     """The job on its device, with its frames per task and numbering (``depth``: the output's
-    frames per shard; 0: no direct numbering)."""
+    frames per shard, 0: no direct numbering; ``in_task_px``: see :func:`frame_task_pixels`)."""
     seg = job.segmenter
     if device == "gpu" and not facts.gpu_workers:
         raise PopsegError(
@@ -175,15 +196,15 @@ def _placed(job: PopulationJob, device: str, facts: ClusterFacts, n_frames: int,
     chosen = "gpu" if device == "gpu" or (device == "auto" and "gpu" in seg.devices and facts.gpu_workers) else "cpu"
     seg = seg.on_device(chosen)
     Y, X = job.tiles.frame_shape
-    per_task = 1
+    per_task, lanes = 1, max(1, facts.gpu_workers if chosen == "gpu" else facts.threads)
     if job.tiles.untiled:
         per_task = frames_per_task(n_frames, Y * X, facts.threads, SEGMENT_PIXELS)
         if seg.window_stream > 1:  # its stages overlap across the frames of one task, so take more
             # of them, still two tasks per lane (GPU workers run one GPU task at a time)
-            lanes = facts.gpu_workers if chosen == "gpu" else facts.threads
             per_task = max(per_task, min(seg.window_stream, MAX_FRAMES_PER_TASK, STREAM_PIXELS // (Y * X),
-                                         n_frames // (2 * max(1, lanes))))
-    direct = depth > 0 and job.tiles.untiled and direct_fits(n_frames, (Y, X))
+                                         n_frames // (2 * lanes)))
+    in_task = job.tiles.untiled or (Y * X <= in_task_px and n_frames >= 2 * lanes)
+    direct = depth > 0 and in_task and direct_fits(n_frames, (Y, X))
     if direct:  # a shard row's frames come from whole segment tasks
         per_task = aligned(per_task, depth)
     return dataclasses.replace(job, segmenter=seg, device=chosen, frames_per_task=per_task,

@@ -3,9 +3,10 @@
 1. **segment pass**: every frame of every population not yet in the ledger is segmented (tiles,
    merges: :mod:`popseg_dask.stitch`); its provisional ids go to a scratch array and its anchors
    to the ledger. At most ``plan.window`` small graphs are in flight (:mod:`.submit`).
-   Untiled populations are numbered in the same pass, without a scratch array (:mod:`.direct`).
+   Frames that fit one task (untiled, or tiled and small enough) are numbered in the same pass,
+   without a scratch array (:mod:`.direct`).
 2. **number pass**: frame t's ids become ``1 + rank of the anchor + the prefix sum of the counts
-   of frames < t``, written to the population's NGFF label image (tiled populations).
+   of frames < t``, written to the population's NGFF label image (staged populations).
 3. **finish**: population records, scratch and ledger removed, and the run record with
    ``complete: true`` written last.
 
@@ -205,7 +206,7 @@ def _pass_arrays(client, state: RunState, todo: dict[str, list[int]]) -> PassArr
             arrays.scratch[job.name] = ArrayRef(create_scratch(plan.layout.scratch(job.name), spec.shape,
                                                                spec.chunks, spec.dtype, zf), rid)
         arrays.aux[job.name] = ArrayRef(create_scratch(plan.layout.aux(job.name), spec.shape, spec.chunks, np.int32,
-                                                       zf), rid) if spec.aux else None
+                                                       zf), rid) if spec.aux and job.numbering == "staged" else None
         if job.needs_movie_stats and todo[job.name]:
             data = plan.movie.data[:, job.channel_index]
             refs = {t: data[t] for t in job.segmenter.reference_frames()}

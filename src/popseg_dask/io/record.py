@@ -34,7 +34,7 @@ class PopulationRecord(TypedDict, total=False):
     dtype: str
     tile: list[int]
     tiles_per_frame: int
-    numbering: str  # "direct" (untiled: final ids written by the segment pass) or "staged"
+    numbering: str  # "direct" (a frame per task: final ids written by the segment pass) or "staged"
     whole_frame_reason: str | None
     merged_regions: int
     copied_clusters: int

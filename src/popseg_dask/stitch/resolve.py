@@ -85,8 +85,8 @@ class FrameInfo:
     regions: int = 0          # windows the merge re-segmented (one per cut cluster nobody resolved)
     copied: int = 0           # cut clusters copied from a neighbour that resolved them
     whole_frame: bool = False  # a merge window grew to the whole frame (or every tile voted for it)
-    tile_s: float = 0.0
-    merge_s: float = 0.0
+    tile_s: float = 0.0       # segmenting the tiles (with the frame's facts, where a task does both)
+    merge_s: float = 0.0      # completing the frame: copies and re-segmented regions
     count: int = 0            # objects of the frame
     largest_merge_px: int = 0  # pixels of the largest window a merge re-segmented
 
@@ -124,7 +124,11 @@ def segment_window(segmenter: Any, block: np.ndarray, stats: Any, ctx: Any, segm
     ok = resolved_clusters(cl, nc, ctx.artificial, max(segmenter.halo, 1))
     keep = np.ones(n + 1 if n else 1, bool)
     if n:
-        keep[1:] = ndi.minimum(ok[cl].astype(np.uint8), local, index=np.arange(1, n + 1)).astype(bool)
+        # an object is exact when every cluster it touches is: count its pixels in unresolved ones
+        # (a labelled minimum over the window cost 3x as much)
+        unresolved = ~ok[cl]
+        unresolved &= local > 0
+        keep[1:] = np.bincount(local[unresolved], minlength=n + 1)[1:] == 0
     return WindowLabels(local, cl, ok, keep, vote)
 
 
