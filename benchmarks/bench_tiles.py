@@ -108,3 +108,46 @@ def show_tiles(res: dict) -> None:
               f"{100 * row['median_stitch_share']:9.2f} {row['median_peak_rss_mb']:15.0f} "
               f"{row['merged_regions']:7d} {row.get('whole_frame_fallbacks', 0):9d} "
               f"{100 * row.get('largest_merge_share', 0):12.1f}% {row.get('equal_to_untiled', '-')!s:>10s}")
+
+
+def tile_overhead(a) -> dict:
+    """What tiling costs a frame in one process, with nothing else around it: the task a run gives
+    a frame that fits it (``segment_in_memory_task``: facts, tiles, merge, numbering), untiled and
+    with each tile size, interleaved frame by frame; medians of wall and CPU seconds per frame."""
+    import dask.array as da
+
+    from popseg_dask._engine.direct import segment_in_memory_task
+    from popseg_dask._engine.worker import FrameSource
+    from popseg_dask.config import parse_config
+    from popseg_dask.segmenters import build_segmenter
+    from popseg_dask.tiling import tile_policy
+
+    size, repeats, kind = a.size or 2048, a.repeats or 7, getattr(a, "movie", "dense")
+    sizes = [int(t) for t in a.tiles or (512, 1024)]
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = parse_config(_movie(Path(tmp), "dense" if kind == "demo" else kind, 6, size), tmp)
+        image = zarr.open_array(str(Path(tmp) / cfg.input / "0"), mode="r")[...]
+    (name, spec), = cfg.populations.items()
+    seg = build_segmenter(name, spec, [spec.channel], base_dir=tmp, pixel_size_um=0.5)
+    plans = {str(v): tile_policy(seg, (size, size), "none" if v == "none" else [v, v], spec.halo, memory_mb=4096,
+                                 population=name) for v in ["none", *sizes]}
+    frames = da.from_array(image, chunks=(1, 1, 1024, 1024))
+    sources = [FrameSource(frames[t]) for t in range(len(image))]
+    times: dict[str, list[tuple[float, float]]] = {v: [] for v in plans}
+    for r in range(repeats + 1):  # the first round warms caches and imports: dropped
+        for v, (s, plan) in plans.items():
+            t = r % len(sources)
+            c0, t0 = time.process_time(), time.perf_counter()
+            segment_in_memory_task(sources[t:t + 1], [t], None, s, next(iter(plan)), plan)
+            if r:
+                times[v].append((time.perf_counter() - t0, time.process_time() - c0))
+    wall = {v: statistics.median(x[0] for x in xs) for v, xs in times.items()}
+    return {"movie": {"kind": "dense", "size": size}, "repeats": repeats,
+            "wall_s": wall, "cpu_s": {v: statistics.median(x[1] for x in xs) for v, xs in times.items()},
+            "vs_untiled": {v: w / wall["none"] for v, w in wall.items()}}
+
+
+def show_tile_overhead(res: dict) -> None:
+    print(f"tileoverhead: one {res['movie']['size']}² dense frame per task, in one process; median of {res['repeats']}")
+    for v, w in res["wall_s"].items():
+        print(f"  {v:>5s}  {w:6.3f} s/frame  cpu {res['cpu_s'][v]:6.3f}  vs untiled {res['vs_untiled'][v]:5.2f}")

@@ -21,6 +21,8 @@ Benchmarks (defaults in brackets; --frames/--size/--repeats override them):
                         equality to untiled [50 frames of 2048², --tiles 256 512 1024;
                         --movie dense: a real dense field, >= 2 000 touching nuclei per frame;
                         --staged: also each tile size with a frame's tiles in tasks of their own]
+  tileoverhead          a frame's task untiled vs tiled (--tiles 512 1024), in one process, frame by
+                        frame interleaved: what tiling itself costs [dense 2048², 7 repeats]
   memory                peak worker memory at 50, 100, 250 and --frames frames [500 of 512²]
   celldetective         vs Celldetective 1.6.5's own threshold loop, in its own venv
                         (--celldetective-python, or created in benchmarks/.venv-celldetective)
@@ -79,6 +81,7 @@ SUITE = {
     "malloc": (bench_core.malloc, bench_core.show_malloc),
     "perframe": (bench_core.perframe, bench_core.show_perframe),
     "tiles": (bench_tiles.tiles, bench_tiles.show_tiles),
+    "tileoverhead": (bench_tiles.tile_overhead, bench_tiles.show_tile_overhead),
     "memory": (bench_core.memory, bench_core.show_memory),
     "celldetective": (bench_peers.celldetective, bench_peers.show_celldetective),
     "command": (bench_peers.command, bench_peers.show_command),

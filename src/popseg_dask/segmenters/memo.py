@@ -38,9 +38,17 @@ def digest(*parts: Any) -> bytes:
 
 
 class WindowMemo:
-    """Least-recently-used arrays (or tuples of arrays), bounded in bytes; thread-safe."""
+    """Least-recently-used arrays (or tuples of arrays), bounded in bytes; thread-safe.
 
-    def __init__(self, max_bytes: int = 256 * 2**20):
+    64 MiB by default: a frame whose tiles run in one task needs only its own windows (about
+    28 MB for a 2048² frame in 1024² tiles), and arrays held past their frame only make every
+    later frame take fresh memory. With 256 MiB, a dense 24-frame run in 1024² tiles took 1.43x
+    the untiled run and 840 MB per worker; with 64 MiB 1.21-1.33x and 650 MB (benchmarks/RESULTS.md,
+    "Tiled frames in one task"). Tiles in tasks of their own lose hits with it (frames in flight
+    share it), a cost that path, now kept for frames too large for one task, pays.
+    """
+
+    def __init__(self, max_bytes: int = 64 * 2**20):
         self.max_bytes = max_bytes
         self._items: OrderedDict[bytes, tuple[Any, int]] = OrderedDict()
         self._bytes = 0

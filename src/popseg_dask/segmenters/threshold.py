@@ -53,7 +53,7 @@ SHAPE_FEATURES = (
 )
 _INTENSITY_STATS = ("mean", "max", "min")
 
-# a tiled frame's windows are looked at in up to three tasks; see .memo
+# a tiled frame's windows are looked at up to three times (facts, facts, tiles); see .memo
 _MEMO = WindowMemo()
 
 

@@ -171,11 +171,13 @@ def resolve_tile(segmenter: Any, block: np.ndarray, stats: Any, ctx: Any, tile: 
     core_cl = w.clusters[cy, cx]
     bad = present_ids(core_cl, len(w.resolved))
     bad = bad[~w.resolved[bad]]
-    y0, _, x0, _ = tile.core
     unresolved = []
     for c, b in zip(bad, cluster_boxes(w.clusters, bad)):
-        py, px = np.nonzero(core_cl == c)
-        unresolved.append(((b[0] + oy, b[1] + oy, b[2] + ox, b[3] + ox), (py + y0).astype(np.int64) * X + (px + x0)))
+        # its core pixels lie in its box (window coordinates) within the core: look only there
+        y0, y1, x0, x1 = max(b[0], cy.start), min(b[1], cy.stop), max(b[2], cx.start), min(b[3], cx.stop)
+        py, px = np.nonzero(w.clusters[y0:y1, x0:x1] == c)
+        unresolved.append(((b[0] + oy, b[1] + oy, b[2] + ox, b[3] + ox),
+                           (py + y0 + oy).astype(np.int64) * X + (px + x0 + ox)))
     return prov[cy, cx], TileResult(anchors, shared, unresolved, w.vote, time.perf_counter() - t0)
 
 
