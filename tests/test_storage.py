@@ -263,6 +263,44 @@ def test_a_resume_never_mixes_two_inputs(numbering, tmp_path, capsys, request):
     assert read_run_record(tmp_path / "mixed.zarr")["complete"]
 
 
+@pytest.mark.parametrize("first, then", [(0, None), (None, 0)], ids=["staged-then-in-task", "in-task-then-staged"])
+def test_a_resume_planned_another_way_still_gives_the_clean_labels(first, then, tmp_path, capsys, monkeypatch):
+    """Whether a frame's tiles share one task depends on the cluster (frames per worker thread), so
+    a resume on another cluster can number another way than the run it resumes: nothing recorded
+    one way is taken for the other, and the labels are those of one clean run."""
+    import dask
+
+    from popseg_dask.io.images import write_ome_zarr_image
+    from popseg_dask.synthetic import make_movie
+
+    m = make_movie(n_frames=12, size=128, n_targets=10, n_effectors=3, seed=5)
+    write_ome_zarr_image(tmp_path / "movie.ome.zarr", m.image, m.channels, pixel_size_um=m.pixel_size_um)
+    cfg = copy.deepcopy(DEMO_CONFIG)
+    for p in cfg["populations"].values():
+        p["tile"] = 64
+    for name in ("clean", "resumed"):
+        (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump({**cfg, "output": f"{name}.zarr"}))
+    assert main(["run", str(tmp_path / "clean.yaml"), "--quiet", "--workers", "1"]) == 0
+
+    def planned(pixels):  # None: popseg's default
+        monkeypatch.setitem(dask.config.config, "popseg", {} if pixels is None else {"frame-task-pixels": pixels})
+
+    chunk = tmp_path / "movie.ome.zarr" / "0" / "c" / "10" / "0" / "0" / "0"
+    saved = chunk.read_bytes()
+    chunk.write_bytes(b"damaged")  # the first run stops at frame 10, after recording others
+    planned(first)
+    assert main(["run", str(tmp_path / "resumed.yaml"), "--quiet", "--workers", "1"]) == 2
+    chunk.write_bytes(saved)
+    planned(then)
+    assert main(["run", str(tmp_path / "resumed.yaml"), "--quiet", "--workers", "1"]) == 0
+    capsys.readouterr()
+    rec = read_run_record(tmp_path / "resumed.zarr")
+    assert rec["complete"]
+    assert {p["numbering"] for p in rec["populations"].values()} == {"staged" if then == 0 else "direct"}
+    for pop in cfg["populations"]:
+        assert np.array_equal(read_labels(tmp_path / "resumed.zarr", pop), read_labels(tmp_path / "clean.zarr", pop))
+
+
 # --------------------------------------------------------------------------- sharded labels
 
 def test_every_shard_row_has_exactly_one_writer():
