@@ -122,13 +122,15 @@ def tile_overhead(a) -> dict:
     from popseg_dask.segmenters import build_segmenter
     from popseg_dask.tiling import tile_policy
 
-    size, repeats, kind = a.size or 2048, a.repeats or 7, getattr(a, "movie", "dense")
+    size, repeats = a.size or 2048, a.repeats or 7
+    # one population of nuclei: the demo's co-culture has two, so --movie demo means the dense field
+    kind = "dense" if getattr(a, "movie", "demo") == "demo" else a.movie
     sizes = [int(t) for t in a.tiles or (512, 1024)]
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = parse_config(_movie(Path(tmp), "dense" if kind == "demo" else kind, 6, size), tmp)
+        cfg = parse_config(_movie(Path(tmp), kind, 6, size), tmp)
         image = zarr.open_array(str(Path(tmp) / cfg.input / "0"), mode="r")[...]
-    (name, spec), = cfg.populations.items()
-    seg = build_segmenter(name, spec, [spec.channel], base_dir=tmp, pixel_size_um=0.5)
+        (name, spec), = cfg.populations.items()
+        seg = build_segmenter(name, spec, [spec.channel], base_dir=tmp, pixel_size_um=cfg.pixel_size_um)
     plans = {str(v): tile_policy(seg, (size, size), "none" if v == "none" else [v, v], spec.halo, memory_mb=4096,
                                  population=name) for v in ["none", *sizes]}
     frames = da.from_array(image, chunks=(1, 1, 1024, 1024))
@@ -142,12 +144,12 @@ def tile_overhead(a) -> dict:
             if r:
                 times[v].append((time.perf_counter() - t0, time.process_time() - c0))
     wall = {v: statistics.median(x[0] for x in xs) for v, xs in times.items()}
-    return {"movie": {"kind": "dense", "size": size}, "repeats": repeats,
+    return {"movie": {"kind": kind, "size": size}, "repeats": repeats,
             "wall_s": wall, "cpu_s": {v: statistics.median(x[1] for x in xs) for v, xs in times.items()},
             "vs_untiled": {v: w / wall["none"] for v, w in wall.items()}}
 
 
 def show_tile_overhead(res: dict) -> None:
-    print(f"tileoverhead: one {res['movie']['size']}² dense frame per task, in one process; median of {res['repeats']}")
+    print(f"tileoverhead: one {res['movie']['size']}² {res['movie']['kind']} frame per task, in one process; median of {res['repeats']}")
     for v, w in res["wall_s"].items():
         print(f"  {v:>5s}  {w:6.3f} s/frame  cpu {res['cpu_s'][v]:6.3f}  vs untiled {res['vs_untiled'][v]:5.2f}")
