@@ -51,7 +51,7 @@ def run_progressively(client, units, build: Callable, window: int, on_result: Ca
     ``build`` may return a tuple ``(main, *side)``: all are submitted together, ``main`` decides
     when the unit is done, and ``on_submit(unit, side_futures)`` receives the futures of the rest
     (a chain that later units build on). ``weight(unit)``: what a unit counts against the window
-    (its segment tasks; default 1).
+    (its segment tasks; default 1). Two units are kept in flight even where one fills the window.
     """
     from distributed import as_completed
 
@@ -79,7 +79,10 @@ def run_progressively(client, units, build: Callable, window: int, on_result: Ca
         return True
 
     def fill() -> None:
-        while in_flight < window and submit():
+        # Two units at least, whatever they weigh: a unit of a whole shard row weighs as much as
+        # the window, and with it alone in flight the workers idled while its last frames and
+        # its write ran, before the next unit was even submitted (benchmarks/RESULTS.md).
+        while (in_flight < window or len(pending) < 2) and submit():
             pass
 
     fill()
