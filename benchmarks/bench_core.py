@@ -3,7 +3,7 @@
 ``core``: a plain serial loop in one process (read frame, segment, renumber, write) against
 ``popseg run`` with 1 worker, 2 workers, and 1 worker of 2 threads (threads vs processes).
 ``malloc``: popseg's workers with dask's default ``MALLOC_TRIM_THRESHOLD_`` against popseg's
-(glibc's adaptive thresholds), side by side with the serial loop.
+(its own glibc thresholds, ``popseg_dask.cluster.WORKER_MALLOC``), side by side with the serial loop.
 ``memory``: peak worker memory against movie length.
 ``screen``: 10^5 tiny frames through one run: throughput and the client's memory.
 """
@@ -204,7 +204,7 @@ def malloc(a) -> dict:
                                               dashboard_address=None))
         dask_default = stack.enter_context(Client(lc))
         clients = {"popseg 1 worker, dask's MALLOC_TRIM_THRESHOLD_": dask_default,
-                   "popseg 1 worker, glibc adaptive (popseg's)": ours}
+                   "popseg 1 worker, popseg's malloc thresholds": ours}
         env = {k: next(iter(c.run(lambda: os.environ.get("MALLOC_TRIM_THRESHOLD_")).values()))
                for k, c in clients.items()}
         for c in clients.values():

@@ -174,37 +174,49 @@ def test_readmes_name_only_real_popseg_subcommands():
     assert seen > 5
 
 
-def _worker_malloc_env(client) -> set:
-    return set(client.run(lambda: __import__("os").environ.get("MALLOC_TRIM_THRESHOLD_")).values())
+def _worker_malloc_env(client, var="MALLOC_TRIM_THRESHOLD_") -> set:
+    return set(client.run(lambda: __import__("os").environ.get(var)).values())
 
 
-def test_embedded_workers_start_with_glibc_adaptive_malloc(monkeypatch):
-    """dask's MALLOC_TRIM_THRESHOLD_, left in os.environ by an earlier nanny, stays out of
-    popseg's workers, also of one restarted later; a value the user exported is kept."""
+def test_embedded_workers_start_with_popseg_malloc_thresholds(monkeypatch):
+    """Workers get popseg's glibc thresholds instead of dask's MALLOC_TRIM_THRESHOLD_ (also one
+    restarted later, and also where an earlier nanny left dask's value in os.environ); the
+    client's environment is as it was afterwards; a value the user exported is kept."""
     import os
 
     from popseg_dask import cluster
-    from popseg_dask.cluster import open_client
+    from popseg_dask.cluster import WORKER_MALLOC, open_client
 
-    monkeypatch.setattr(cluster, "_USER_TRIM", None)  # whatever the shell running the tests exports
+    ours = WORKER_MALLOC["MALLOC_TRIM_THRESHOLD_"]
+    assert int(ours) >= 2**25 and WORKER_MALLOC["MALLOC_MMAP_THRESHOLD_"] == ours
+    monkeypatch.setattr(cluster, "_USER_MALLOC", dict.fromkeys(WORKER_MALLOC))  # whatever the test shell exports
     monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "65536")
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "x")
+    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_")  # monkeypatch restores its absence afterwards
     with open_client(n_workers=1, gpu_workers=1, dashboard=False) as client:
-        assert _worker_malloc_env(client) == {None}
+        assert _worker_malloc_env(client) == {ours}
+        assert _worker_malloc_env(client, "MALLOC_MMAP_THRESHOLD_") == {ours}
         client.restart()
-        assert _worker_malloc_env(client) == {None}
-    assert "MALLOC_TRIM_THRESHOLD_" not in os.environ
-    monkeypatch.setattr(cluster, "_USER_TRIM", "1048576")
+        assert _worker_malloc_env(client) == {ours}
+        assert _worker_malloc_env(client, "MALLOC_MMAP_THRESHOLD_") == {ours}
+    assert "MALLOC_TRIM_THRESHOLD_" not in os.environ and "MALLOC_MMAP_THRESHOLD_" not in os.environ
+    monkeypatch.setattr(cluster, "_USER_MALLOC", {**dict.fromkeys(WORKER_MALLOC), "MALLOC_TRIM_THRESHOLD_": "1048576"})
     monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "1048576")
     with open_client(n_workers=1, dashboard=False) as client:
         assert _worker_malloc_env(client) == {"1048576"}
+        assert _worker_malloc_env(client, "MALLOC_MMAP_THRESHOLD_") == {ours}
+    assert os.environ["MALLOC_TRIM_THRESHOLD_"] == "1048576"
 
 
-def test_deploy_dask_config_unsets_the_malloc_trim_threshold(monkeypatch):
+def test_deploy_dask_config_sets_popseg_malloc_thresholds(monkeypatch):
     import dask.config
     from distributed import Client, LocalCluster
 
-    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "x")  # so that monkeypatch restores the variable's absence,
-    monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_")       # which the nannies below would otherwise leave set
+    from popseg_dask.cluster import WORKER_MALLOC
+
+    for var in WORKER_MALLOC:  # so that monkeypatch restores each variable's absence,
+        monkeypatch.setenv(var, "x")  # which the nannies below would otherwise leave set
+        monkeypatch.delenv(var)
 
     def dotted(d, prefix=""):
         for k, v in d.items():
@@ -213,9 +225,12 @@ def test_deploy_dask_config_unsets_the_malloc_trim_threshold(monkeypatch):
     # merged into dask's defaults, as dask does with a file in ~/.config/dask
     with dask.config.set(dict(dotted(yaml.safe_load((DEPLOY / "dask.yaml").read_text())))):
         with LocalCluster(n_workers=1, processes=True, dashboard_address=None) as cluster, Client(cluster) as client:
-            assert _worker_malloc_env(client) == {None}
+            for var, ours in WORKER_MALLOC.items():  # the file says what the embedded cluster does
+                assert _worker_malloc_env(client, var) == {ours}
+    for var in WORKER_MALLOC:  # what those nannies wrote into this process's environment
+        monkeypatch.delenv(var, raising=False)
     with LocalCluster(n_workers=1, processes=True, dashboard_address=None) as cluster, Client(cluster) as client:
-        assert _worker_malloc_env(client) == {"65536"}  # dask's own default, which the file undoes
+        assert _worker_malloc_env(client) == {"65536"}  # dask's own default, which the file replaces
 
 
 def test_object_store_recipes_need_no_shared_volume():

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from .compat import adopt_new_workers
 from .errors import PopsegError
 
-__all__ = ["open_client", "default_workers", "detect_gpus", "adaptive_malloc", "quiet_monitors",
+__all__ = ["open_client", "default_workers", "detect_gpus", "worker_malloc", "forget_worker_malloc", "WORKER_MALLOC", "quiet_monitors",
            "PendingClient"]
 
 log = logging.getLogger(__name__)
@@ -25,10 +25,17 @@ log = logging.getLogger(__name__)
 # MALLOC_TRIM_THRESHOLD_=65536 for every worker, and setting any threshold also freezes
 # glibc's mmap threshold at 128 KiB: every frame-sized temporary is then a fresh mmap,
 # page-faulted and unmapped again. That made segmentation 35-45 % slower in workers than in
-# a plain loop (benchmarks/RESULTS.md, "malloc"); glibc's adaptive thresholds cost about
-# 40 MB more resident memory per worker. A value the user exported before popseg started is
-# kept: only the one dask's nannies leave in os.environ is dropped.
-_USER_TRIM = os.environ.get("MALLOC_TRIM_THRESHOLD_")
+# a plain loop (benchmarks/RESULTS.md, "malloc"). glibc's adaptive threshold is no cure at
+# 2048²: it grows to 32 MiB at most, and one float64 plane of 2048² is 32 MiB plus a header, so
+# every filter's output was still mapped and faulted afresh (26 000 page faults, 0.1 s of
+# system time per frame and population). Workers therefore get both thresholds at 256 MiB:
+# planes up to 4096² float32 / 2896² float64 are reused from the heap, and up to 256 MiB of
+# free heap stays mapped between tasks (the cost: a worker's resident memory stays near its
+# largest task's). A value the user exported before popseg started, or set in the dask config
+# other than dask's own default, is kept.
+WORKER_MALLOC = {"MALLOC_MMAP_THRESHOLD_": str(256 * 2**20), "MALLOC_TRIM_THRESHOLD_": str(256 * 2**20)}
+_USER_MALLOC = {k: os.environ.get(k) for k in WORKER_MALLOC}
+_DASK_MALLOC = {"MALLOC_TRIM_THRESHOLD_": "65536"}  # what dask's own config sets
 
 
 # dask's clocks, set for dashboards and for workers that swing gigabytes in a blink; in an
@@ -241,7 +248,7 @@ def _embedded(n_workers: int | None, threads_per_worker: int, dashboard: bool, g
         raise PopsegError(f"--gpu-workers must be >= 0, got {n_gpu}")
     # without real devices (a CPU test of the placement), GPU workers are numbered 0, 1, ...
     ids = (gpus + [str(i) for i in range(len(gpus), n_gpu)])[:n_gpu]
-    with adaptive_malloc(), quiet_monitors():
+    with worker_malloc(), quiet_monitors():
         cluster = _local_cluster(n, n_gpu, gpus, ids, threads_per_worker, dashboard)
         client = Client(cluster)
     if n_gpu:
@@ -251,6 +258,7 @@ def _embedded(n_workers: int | None, threads_per_worker: int, dashboard: bool, g
     finally:
         client.close()
         cluster.close()
+        forget_worker_malloc()
 
 
 def _local_cluster(n: int, n_gpu: int, gpus: list[str], ids: list[str], threads_per_worker: int,
@@ -296,26 +304,33 @@ def quiet_monitors() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def adaptive_malloc() -> Iterator[None]:
-    """Start worker processes inside this block with glibc's adaptive malloc thresholds.
+def worker_malloc() -> Iterator[None]:
+    """Start worker processes inside this block with popseg's glibc malloc thresholds
+    (:data:`WORKER_MALLOC`).
 
-    Nannies read their environment from the dask config when they are created, and spawn
-    (and respawn, after a restart) with this process's ``os.environ``, into which every
-    nanny writes its own settings. So the config entry is unset for the block, and a value
-    that dask's nannies left in ``os.environ`` is removed for good: put back, it would reach
-    any worker restarted later. A value the user chose (exported before popseg started, or
-    set to something other than dask's 65536 in the dask config) is kept.
+    Nannies read their environment from the dask config when they are created (a value in
+    ``os.environ`` wins over it), keep it for every respawn, and write it into this process's
+    ``os.environ`` as they spawn; :func:`forget_worker_malloc` removes it again once they are
+    closed. A value the user chose (exported before popseg started, or a dask config value
+    other than dask's own default) is kept.
     """
     import dask.config
 
-    key = "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_"
-    configured = dask.config.get(key, None)
-    if _USER_TRIM is not None or str(configured) not in ("65536", "None"):
+    chosen = {}
+    for var, ours in WORKER_MALLOC.items():
+        key = f"distributed.nanny.pre-spawn-environ.{var}"
+        if _USER_MALLOC[var] is None and str(dask.config.get(key, None)) in ("None", _DASK_MALLOC.get(var)):
+            chosen[key] = ours  # (str: a yaml file gives ints)
+    forget_worker_malloc()  # an earlier nanny's value
+    with dask.config.set(chosen):
         yield
-        return
-    os.environ.pop("MALLOC_TRIM_THRESHOLD_", None)
-    with dask.config.set({key: None}):
-        yield
+
+
+def forget_worker_malloc() -> None:
+    """Remove from ``os.environ`` the malloc thresholds that nannies wrote there (the user's own stay)."""
+    for var in WORKER_MALLOC:
+        if _USER_MALLOC[var] is None:
+            os.environ.pop(var, None)
 
 
 @contextlib.contextmanager
