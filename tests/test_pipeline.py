@@ -114,7 +114,8 @@ def test_in_place_on_ngff_04_input(tmp_path, small_movie, client2):
 def test_cli_run_and_inspect(demo_dir, capsys):
     assert main(["run", str(demo_dir / "run.yaml"), "--workers", "2", "--quiet"]) == 0
     out = capsys.readouterr().out
-    assert "targets:" in out and "objects in 4 frames" in out and "dashboard:" in out
+    assert "targets:" in out and "objects in 4 frames" in out
+    assert "dashboard:" not in out  # served only with --dashboard (test below)
     assert main(["inspect", str(demo_dir / "movie.popseg.zarr"), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["labels"]["targets"]["complete"] is True
@@ -194,3 +195,12 @@ def test_run_uses_its_own_client_when_the_default_client_is_gone(demo_dir):
         "        print('complete', rec['complete'])\n")
     res = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=180)
     assert res.returncode == 0 and "complete True" in res.stdout, res.stderr[-2000:]
+
+
+
+def test_the_command_serves_a_dashboard_only_when_asked(demo_dir, capsys):
+    """``popseg run`` starts its embedded cluster without the dashboard (bokeh's import is
+    start-up time: test_cli_run_and_inspect); ``--dashboard`` serves it and prints its link."""
+    cfg = str(demo_dir / "run.yaml")
+    assert main(["run", cfg, "--quiet", "--workers", "1", "--dashboard"]) == 0
+    assert "dashboard: http://127.0.0.1:" in capsys.readouterr().out

@@ -57,7 +57,7 @@ def _cluster_starting(args):
         return contextlib.nullcontext()
     from .cluster import PendingClient
 
-    return PendingClient(n_workers=args.workers, gpu_workers=args.gpu_workers)
+    return PendingClient(n_workers=args.workers, gpu_workers=args.gpu_workers, dashboard=args.dashboard)
 
 
 def _run_screen(config, screen, args, pending=None) -> int:
@@ -357,6 +357,10 @@ def _add_run_commands(sub) -> None:
     r.add_argument("--drop-cache", action="store_true",
                    help="delete the cached network outputs (cache: model_outputs) once the run is done")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
+    # off by default: serving it imports bokeh in the embedded scheduler, about 1.5 s of every
+    # command's start-up on a laptop (benchmarks/RESULTS.md, "The whole command")
+    r.add_argument("--dashboard", action="store_true",
+                   help="serve the Dask dashboard of the embedded cluster (its link is printed)")
     r.add_argument("--measure", action="store_true", help="measure every object afterwards (Parquet)")
     r.add_argument("--report", action="store_true", help="write the QC report afterwards")
     r.add_argument("--radius-um", type=float, default=20.0, help="neighbourhood radius for --measure")

@@ -11,13 +11,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import weakref
 from collections.abc import Iterator
 
 from .compat import adopt_new_workers
 from .errors import PopsegError
 
 __all__ = ["open_client", "default_workers", "detect_gpus", "worker_malloc", "forget_worker_malloc", "WORKER_MALLOC", "quiet_monitors",
-           "PendingClient"]
+           "PendingClient", "serves_dashboard"]
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,18 @@ QUIET_MONITORS = {
     "distributed.admin.system-monitor.interval": ("500ms", "2s"),
     "distributed.worker.memory.monitor-interval": ("100ms", "500ms"),
 }
+
+
+# clients of embedded clusters started without the dashboard: dask formats a client's
+# dashboard_link from its config, and its scheduler serves HTTP (health, metrics) on that port
+# either way, so neither tells whether a dashboard is there
+_NO_DASHBOARD: "weakref.WeakSet" = weakref.WeakSet()
+
+
+def serves_dashboard(client) -> bool:
+    """Whether ``client``'s scheduler may serve a dashboard (False for an embedded cluster popseg
+    started without one; True for any other, whose dashboard popseg cannot see)."""
+    return client not in _NO_DASHBOARD
 
 
 def default_workers() -> int:
@@ -251,6 +264,8 @@ def _embedded(n_workers: int | None, threads_per_worker: int, dashboard: bool, g
     with worker_malloc(), quiet_monitors():
         cluster = _local_cluster(n, n_gpu, gpus, ids, threads_per_worker, dashboard)
         client = Client(cluster)
+    if not dashboard:
+        _NO_DASHBOARD.add(client)
     if n_gpu:
         client.wait_for_workers(n + n_gpu, timeout=120)
     try:

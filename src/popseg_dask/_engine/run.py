@@ -24,7 +24,7 @@ from typing import Callable
 import dask
 import numpy as np
 
-from ..cluster import PendingClient, open_client
+from ..cluster import PendingClient, open_client, serves_dashboard
 from ..config import RunConfig
 from ..io.labels import LabelGrid, LabelStore, create_scratch, relative_source
 from ..io.lease import Lease
@@ -187,7 +187,7 @@ def fallback_hints(record: RunRecord, echo: Echo) -> None:
 
 
 def announce(client, plan: RunPlan, echo: Echo) -> None:
-    if getattr(client, "dashboard_link", None):
+    if serves_dashboard(client):
         echo(f"dashboard: {client.dashboard_link}")
     n_t, (Y, X) = plan.n_frames, plan.frame_shape
     echo(f"movie: {n_t} frames of {Y}x{X}, channels {list(map(str, plan.movie.c.values))}; "
