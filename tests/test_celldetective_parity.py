@@ -115,3 +115,93 @@ def test_distance_keeps_scipys_order_and_ties(seed, monkeypatch):
     assert np.array_equal(threshold.distance_to_background(mask), ref)
     monkeypatch.setitem(sys.modules, "edt", None)  # as if not installed
     assert np.array_equal(threshold.distance_to_background(mask), ref)
+
+
+def _fill_label_holes_one_by_one(labels):
+    """StarDist's ``fill_label_holes`` (Celldetective's), written out: every object in id order."""
+    from scipy import ndimage as ndi
+
+    out = np.zeros_like(labels)
+    for i, box in enumerate(ndi.find_objects(labels), start=1):
+        if box is None:
+            continue
+        inner = [(s.start > 0, s.stop < n) for s, n in zip(box, labels.shape)]
+        grown = tuple(slice(s.start - int(a), s.stop + int(b)) for s, (a, b) in zip(box, inner))
+        crop = tuple(slice(int(a), -1 if b else None) for a, b in inner)
+        out[box][ndi.binary_fill_holes(labels[grown] == i)[crop]] = i
+    return out
+
+
+def _holey_labels(rng, shape):
+    """Objects with holes, rings around other objects (either id larger), objects in two pieces,
+    pieces touching diagonally only, ids with gaps, objects on the border."""
+    from scipy import ndimage as ndi
+
+    labels, n = ndi.label(ndi.gaussian_filter(rng.random(shape), 1.2) > rng.uniform(0.45, 0.55))
+    labels = np.where(labels > 0, labels * 2 + 1, 0).astype(np.int32)  # gaps in the ids
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    for _ in range(int(rng.integers(1, 6))):
+        cy, cx, r = rng.integers(0, shape[0]), rng.integers(0, shape[1]), rng.integers(2, 9)
+        d = np.hypot(yy - cy, xx - cx)
+        labels[(d >= r) & (d < r + rng.integers(1, 3))] = rng.integers(1, 2 * n + 40)  # a ring, maybe cut
+        labels[d < rng.uniform(0, r - 1)] = rng.integers(0, 2 * n + 40)  # something (or nothing) inside
+    for _ in range(int(rng.integers(0, 4))):  # single pixels and diagonal pairs of one id
+        y, x = rng.integers(0, shape[0] - 1), rng.integers(0, shape[1] - 1)
+        labels[y, x] = labels[y + 1, x + 1] = rng.integers(1, 2 * n + 40)
+    return labels
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_fill_label_holes_is_stardists_loop(seed):
+    """popseg's per-object fill gives the pixels of StarDist's loop (Celldetective's): rings
+    around others of larger and smaller ids, objects in several pieces, borders, empty and
+    one-pixel images."""
+    from popseg_dask.segmenters.threshold import fill_label_holes
+
+    rng = np.random.default_rng(seed)
+    shape = (int(rng.integers(1, 80)), int(rng.integers(1, 80))) if seed % 3 else (64, 64)
+    labels = _holey_labels(rng, shape)
+    expected = _fill_label_holes_one_by_one(labels)
+    got = fill_label_holes(labels)
+    assert got.dtype == labels.dtype and np.array_equal(got, expected)
+    if shape == (64, 64):  # these have rings: the fill changes something
+        assert not np.array_equal(expected, labels)
+    for other in (np.zeros(shape, np.int32), np.ones(shape, np.uint16), labels.astype(np.int64) * 1000):
+        assert np.array_equal(fill_label_holes(other), _fill_label_holes_one_by_one(other))
+
+
+def test_fill_label_holes_matches_stardist_when_installed():
+    stardist = pytest.importorskip("stardist", reason="the stardist extra is not installed")
+    rng = np.random.default_rng(7)
+    from popseg_dask.segmenters.threshold import fill_label_holes
+
+    for _ in range(5):
+        labels = _holey_labels(rng, (70, 90))
+        assert np.array_equal(fill_label_holes(labels), stardist.fill_label_holes(labels))
+
+
+@pytest.mark.parametrize("query", ["area < 30", "area >= 12 and label > 3", "label == 5 or area / 2 > 40",
+                                   "not area < 5", "10 < area < 80"])
+def test_queries_on_counts_remove_what_regionprops_would(query, tmp_path):
+    """Queries that need only ``area`` and ``label`` are answered from pixel counts; they remove
+    exactly the objects skimage's regionprops table makes them remove (Celldetective's way)."""
+    from scipy import ndimage as ndi
+    from skimage.measure import regionprops_table
+
+    from popseg_dask.segmenters.base import WindowContext
+    from popseg_dask.segmenters.query import parse_query
+
+    seg = ThresholdSegmenter.from_config({"channel": "a", "thresholds": [0.5, 1.0], "feature_queries": [query]},
+                                         BuildContext(("a",), tmp_path, "p"))
+    rng = np.random.default_rng(len(query))
+    removed = kept = 0
+    for shape in ((90, 70), (1, 40), (5, 5)):
+        labels, _ = ndi.label(ndi.gaussian_filter(rng.random(shape), 1.0) > 0.5)
+        labels = (labels * 3).astype(np.int32)  # gaps in the ids
+        table = regionprops_table(labels, properties=["label", "area"])
+        gone = table["label"][parse_query(query).matches(table, len(table["label"]))]
+        expected = np.where(np.isin(labels, gone), 0, labels)
+        got = seg._remove_matching(labels, labels[None].astype(float), WindowContext.whole(shape))
+        assert got.dtype == labels.dtype and np.array_equal(got, expected)
+        removed, kept = removed + len(gone), kept + len(table["label"]) - len(gone)
+    assert removed and kept  # the query had something to decide

@@ -52,6 +52,8 @@ SHAPE_FEATURES = (
     "feret_diameter_max", "orientation", "perimeter", "perimeter_crofton", "solidity",
 )
 _INTENSITY_STATS = ("mean", "max", "min")
+# features a bincount gives exactly as skimage's regionprops does
+_COUNTED_FEATURES = frozenset({"label", "area"})
 
 # a tiled frame's windows are looked at up to three times (facts, facts, tiles); see .memo
 _MEMO = WindowMemo()
@@ -214,6 +216,9 @@ def fill_label_holes(labels: np.ndarray) -> np.ndarray:
     box does not touch the image border); a later id overwrites an earlier one where
     filled regions overlap.
     """
+    # Tried: fill only the objects whose Euler number and 8-connected components say they
+    # have a hole. Counting both for every object (skimage's equal-value labelling and 2x2 bit
+    # quads) took 59 ms of this loop's 80 on a 2048² frame of 850 objects: not kept.
     out = np.zeros_like(labels)
     for i, box in enumerate(ndi.find_objects(labels), start=1):
         if box is None:
@@ -637,6 +642,12 @@ class ThresholdSegmenter(Segmenter):
         if not labels.any():
             return labels
         need = self._needed
+        remove = self._counted_matches(labels) if need <= _COUNTED_FEATURES else None
+        if remove is not None:  # 'area < 30', Celldetective's usual query: no per-object loop
+            if remove.any():
+                labels = labels.copy()
+                labels[remove[labels]] = 0
+            return labels
         props = ["label"] + [f for f in SHAPE_FEATURES if f in need and f != "label"]
         if need & {"centroid-0", "centroid-1", "radial_distance"}:
             props.append("centroid")
@@ -668,6 +679,23 @@ class ThresholdSegmenter(Segmenter):
             labels = labels.copy()
             labels[np.isin(labels, table["label"][remove])] = 0
         return labels
+
+    def _counted_matches(self, labels: np.ndarray) -> np.ndarray | None:
+        """Per id: whether a query matches, from pixel counts (skimage's ``area`` is the count as
+        float64, its ``label`` the id; the table lists present ids in ascending order)."""
+        if labels.dtype.kind not in "iu" or labels.max() > labels.size:
+            return None
+        counts = np.bincount(labels.ravel().astype(np.intp, copy=False))
+        present = np.flatnonzero(counts)
+        present = present[present > 0]
+        table = {"label": present, "area": counts[present].astype(np.float64)}
+        n = len(present)
+        remove = np.zeros(n, dtype=bool)
+        for q in self.queries:
+            remove |= q.matches(table, n)
+        out = np.zeros(len(counts), bool)
+        out[present[remove]] = True
+        return out
 
     def describe(self) -> dict[str, Any]:
         d = super().describe()
