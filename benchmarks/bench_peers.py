@@ -192,32 +192,44 @@ def command(a) -> dict:
         (tmp / "run.yaml").write_text(yaml.safe_dump(cfg))
         env = {**os.environ, "OMP_NUM_THREADS": "1", "QT_QPA_PLATFORM": "offscreen"}
         cd_key, cd_wall_key = "celldetective, 2 processes (slower loop)", "celldetective, 2 processes (wall, imports included)"
-        times: dict[str, list[float]] = {cd_key: [], cd_wall_key: [], "popseg run (the command), 2 workers": []}
-        first: list[float] = []
-        _popseg_command(tmp / "run.yaml", 2, env)  # warm-up: the OS's file cache, as for the loops
+        ours_key, before_key = "popseg run (the command), 2 workers", "popseg run, the code of --before"
+        times: dict[str, list[float]] = {cd_key: [], cd_wall_key: [], ours_key: []}
+        first: dict[str, list[float]] = {ours_key: []}
+        # --before SRC: an earlier checkout's src/ run the same way, interleaved (the A/B of a change)
+        envs = {ours_key: env} if not a.before else {ours_key: env, before_key: {
+            **env, "PYTHONPATH": os.pathsep.join([str(Path(a.before).resolve()), env.get("PYTHONPATH", "")])}}
+        for key in envs:
+            times.setdefault(key, []), first.setdefault(key, [])
+            _popseg_command(tmp / "run.yaml", 2, envs[key])  # warm-up: the OS's file cache, as for the loops
         for _ in range(repeats):
             loop, wall = _cd_two_processes(py, halves, tmp / "cd.json", env)
             times[cd_key].append(loop)
             times[cd_wall_key].append(wall)
-            wall, to_first = _popseg_command(tmp / "run.yaml", 2, env)
-            times["popseg run (the command), 2 workers"].append(wall)
-            first.append(to_first)
+            for key, e in envs.items():
+                wall, to_first = _popseg_command(tmp / "run.yaml", 2, e)
+                times[key].append(wall)
+                first[key].append(to_first)
         identical = _identical_masks(tmp / "movie.popseg.zarr", [h.with_suffix(".npz") for h in halves],
                                      cfg["populations"])
     med = medians(times)
-    ours = med["popseg run (the command), 2 workers"]
+    ours = med[ours_key]
+    ratios = {"speed-up of the command vs celldetective's loops": med[cd_key] / ours,
+              "speed-up vs celldetective's processes, imports included": med[cd_wall_key] / ours}
+    if before_key in med:
+        ratios["speed-up of --before's command vs celldetective's loops"] = med[cd_key] / med[before_key]
+        ratios["this code vs --before (time)"] = ours / med[before_key]
     return {"movie": {"frames": frames, "size": size}, "repeats": repeats, "populations": cfg["populations"],
-            "seconds": times, "median_s": med, "identical_masks": identical,
-            "command_to_first_task_s": first,
-            "ratios": {"speed-up of the command vs celldetective's loops": med[cd_key] / ours,
-                       "speed-up vs celldetective's processes, imports included": med[cd_wall_key] / ours}}
+            "before": a.before, "seconds": times, "median_s": med, "identical_masks": identical,
+            "command_to_first_task_s": first, "ratios": ratios}
 
 
 def show_command(res: dict) -> None:
     print(f"command: {res['movie']['frames']} frames of {res['movie']['size']}², 2 populations (one with std); "
           f"median of {res['repeats']}; identical masks: {res['identical_masks']}")
     print_rows(res["median_s"], "{:8.2f} s")
-    print(f"  command to first task: {', '.join(f'{s:.2f}' for s in res['command_to_first_task_s'])} s")
+    firsts = res["command_to_first_task_s"]
+    for key, values in (firsts.items() if isinstance(firsts, dict) else [("popseg", firsts)]):
+        print(f"  command to first task ({key}): {', '.join(f'{s:.2f}' for s in values)} s")
     print_rows(res["ratios"], "{:5.2f}")
 
 

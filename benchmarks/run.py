@@ -114,6 +114,8 @@ def main(argv=None) -> int:
                    help="tiles: the demo's sparse co-culture, or a dense field of nuclei (popseg_dask.dense)")
     p.add_argument("--device", choices=["auto", "cpu"], default="auto", help="gpu: run on the CPU even where a GPU is")
     p.add_argument("--screenshots", action="store_true", help="napari: write the README's screenshots to docs/")
+    p.add_argument("--before", metavar="SRC", help="command: also run the popseg of an earlier checkout's src/ "
+                   "(on PYTHONPATH), interleaved, as the baseline of a change")
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results", help="folder for the JSON")
     p.add_argument("--celldetective-python", help="python of a venv with celldetective==1.6.5 "
                    "(default: benchmarks/.venv-celldetective, created on first use)")
