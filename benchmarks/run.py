@@ -29,7 +29,8 @@ Benchmarks (defaults in brackets; --frames/--size/--repeats override them):
                         [6 frames of 2048², 2 repeats]
   command               the whole `popseg run` command (start-up included, 2 workers) vs
                         Celldetective's loop in 2 processes; one population filtered by std;
-                        time from the command to the first task [24 frames of 2048², 2 repeats]
+                        time from the command to the first task; --before SRC also runs an
+                        earlier checkout's src/ interleaved [24 frames of 2048², 2 repeats]
   daskimage             vs dask-image's ndmeasure.label on the same mask [6 frames of 2048²]
   models                StarDist and Cellpose through popseg vs the bare framework loop
                         [8 frames of 512², 2 repeats]
