@@ -135,3 +135,31 @@ def test_a_streaming_segmenter_gets_several_frames_per_task(tmp_path):
     assert placed["targets"].frames_per_task == 4
     placed = {j.name: j for j in _with(plan, StreamingBlobs()).for_cluster(ClusterFacts(threads=12)).jobs}
     assert placed["targets"].frames_per_task == 1  # short movie, many threads: every thread gets work
+
+
+def _wait_and_stamp(seconds: float) -> float:
+    time.sleep(seconds)
+    return time.time()
+
+
+def test_a_unit_that_fills_the_window_alone_is_not_alone_in_flight(client2):
+    """A unit weighing the whole window (a shard row of frames) still has the next unit submitted
+    beside it, so workers never idle while a row's last task runs; and never more than that."""
+    import dask
+
+    from popseg_dask._engine.submit import run_progressively
+
+    submitted, finished, order = {}, {}, []
+
+    def build(unit):
+        submitted[unit] = time.time()
+        return dask.delayed(_wait_and_stamp, pure=False)(0.4)
+
+    def took(unit, stop):
+        finished[unit] = stop
+        order.append(unit)
+
+    run_progressively(client2, range(4), build, window=8, on_result=took, weight=lambda unit: 8)
+    assert sorted(order) == [0, 1, 2, 3]
+    assert submitted[1] < finished[0] and submitted[2] < finished[1]  # the next one was in flight
+    assert submitted[2] >= min(finished[0], finished[1]) - 0.05  # but only two at a time
