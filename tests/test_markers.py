@@ -4,11 +4,12 @@ spaced once per frame, are exactly the whole frame's peaks; what cannot be certi
 import numpy as np
 import pytest
 import zarr
+from scipy import ndimage as ndi
 
 from popseg_dask._engine.frame import segment_frame
 from popseg_dask._engine.worker import window_context
 from popseg_dask.dense import DENSE_CONFIG, dense_movie
-from popseg_dask.segmenters.markers import clamp_safe, greedy_spacing
+from popseg_dask.segmenters.markers import clamp_safe, core_candidates, greedy_spacing, local_maxima, search_box
 from popseg_dask.segmenters.memo import WindowMemo, digest
 from popseg_dask.segmenters.threshold import FrameFacts, ThresholdSegmenter, distance_to_background
 from popseg_dask.stitch import canonical_relabel
@@ -104,6 +105,60 @@ def test_footprints_that_clamp_differently_run_whole_when_the_box_matters():
     ref = canonical_relabel(seg(frame))[0]
     got, info = segment_frame(seg, frame, tile=64)
     assert info.whole_frame and np.array_equal(got, ref)
+
+
+def _candidates_by_definition(distance, binary, ctx, core, footprint, min_distance, filter_reach):
+    """core_candidates' rule computed over the whole window: every pixel's depth to a cut and
+    need, the footprint minimum of exactness everywhere (what it computes only near the cuts)."""
+    (Y, X), (oy, ox) = ctx.frame_shape, ctx.origin
+    H, W = binary.shape
+    b0, b1, c0, c1 = search_box((Y, X), min_distance)
+    y0, y1, x0, x1 = max(b0 - oy, 0), min(b1 - oy, H), max(c0 - ox, 0), min(c1 - ox, W)
+    cy, cx = core
+    k = (slice(max(cy.start, y0) - y0, min(cy.stop, y1) - y0), slice(max(cx.start, x0) - x0, min(cx.stop, x1) - x0))
+    img, mask = distance[y0:y1, x0:x1], binary[y0:y1, x0:x1]
+    out = local_maxima(img, mask, footprint)
+    rows, cols = np.mgrid[:H, :W]
+    top, bottom, left, right = ctx.artificial
+    big = H + W
+    cut = np.minimum.reduce([rows if top else np.full((H, W), big), H - 1 - rows if bottom else np.full((H, W), big),
+                             cols if left else np.full((H, W), big), W - 1 - cols if right else np.full((H, W), big)])
+    need = np.where(mask, filter_reach + 2 + np.ceil(img).astype(np.int64), filter_reach)
+    exact = (cut[y0:y1, x0:x1] >= need).view(np.uint8)
+    certified = ndi.minimum_filter(exact, footprint=footprint, mode="nearest") > 0
+    ys, xs = np.nonzero(out[k])
+    flat = (ys + k[0].start + y0 + oy) * X + (xs + k[1].start + x0 + ox)
+    return flat, img[k][out[k]], bool((mask[k] & ~certified[k]).any())
+
+
+def test_core_candidates_near_the_cuts_equal_the_definition_over_the_window():
+    """Candidates and the 'uncertain' verdict, looked at only where they can change (the core
+    and its rim, strips along the cuts), are those of the whole window, for any window
+    placement, footprint (odd, even, not square) and object sizes."""
+    verdicts = []
+    for seed in range(90):
+        rng = np.random.default_rng(seed)
+        Y, X = 300, 260
+        frame = ndi.gaussian_filter(rng.normal(size=(Y, X)), rng.uniform(2, 8)) > rng.uniform(0, 0.05)
+        fp = np.ones((int(rng.integers(1, 12)), int(rng.integers(1, 12))))
+        wy0, wx0 = int(rng.integers(0, 120)), int(rng.integers(0, 100))
+        wy1, wx1 = min(Y, wy0 + int(rng.integers(40, 200))), min(X, wx0 + int(rng.integers(40, 200)))
+        ctx = window_context((wy0, wy1, wx0, wx1), (Y, X))
+        binary = frame[wy0:wy1, wx0:wx1]
+        distance = distance_to_background(binary)
+        min_distance, reach = int(rng.integers(1, 8)), int(rng.integers(0, 6))
+        # most cores end about where certainty does (a mask pixel's need plus the footprint's
+        # reach from the cut): where a narrower look would go wrong
+        deepest = reach + 2 + int(np.ceil(distance.max())) + max(fp.shape) // 2
+        pad = int(rng.integers(0, 30)) if seed % 3 == 0 else max(0, deepest + int(rng.integers(-6, 3)))
+        core = (slice(min(pad, wy1 - wy0 - 1), max(wy1 - wy0 - pad, pad + 1)),
+                slice(min(pad, wx1 - wx0 - 1), max(wx1 - wx0 - pad, pad + 1)))
+        got = core_candidates(distance, binary, ctx, core, fp, min_distance, reach)
+        flat, values, uncertain = _candidates_by_definition(distance, binary, ctx, core, fp, min_distance, reach)
+        assert np.array_equal(got["flat"], flat) and np.array_equal(got["values"], values), seed
+        assert got["uncertain"] == uncertain, seed
+        verdicts.append(uncertain)
+    assert 10 <= sum(verdicts) <= 80, "both verdicts are exercised"
 
 
 def test_greedy_spacing_keeps_in_order_and_spaces():

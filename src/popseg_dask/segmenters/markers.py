@@ -98,15 +98,15 @@ def clamp_safe(footprint: np.ndarray) -> bool:
     return True
 
 
-def _distance_to_cut(shape: tuple[int, int], artificial: tuple[bool, bool, bool, bool]) -> np.ndarray:
-    """Per pixel: how many window pixels lie between it and the nearest artificial edge."""
+def _depth_to_cut(rows: np.ndarray, cols: np.ndarray, shape: tuple[int, int],
+                  artificial: tuple[bool, bool, bool, bool]) -> np.ndarray:
+    """For window rows x cols: how many window pixels lie between each and the nearest artificial edge."""
     H, W = shape
     big = H + W
-    rows, cols = np.arange(H), np.arange(W)
     top, bottom, left, right = artificial
-    dy = np.minimum(rows if top else np.full(H, big), H - 1 - rows if bottom else np.full(H, big))
-    dx = np.minimum(cols if left else np.full(W, big), W - 1 - cols if right else np.full(W, big))
-    return np.minimum(dy[:, None], dx[None, :])
+    dy = np.minimum(rows if top else big, H - 1 - rows if bottom else big)
+    dx = np.minimum(cols if left else big, W - 1 - cols if right else big)
+    return np.minimum(np.broadcast_to(dy, rows.shape)[:, None], np.broadcast_to(dx, cols.shape)[None, :])
 
 
 def core_candidates(distance: np.ndarray, binary: np.ndarray, ctx: Any, core: tuple[slice, slice],
@@ -138,17 +138,63 @@ def core_candidates(distance: np.ndarray, binary: np.ndarray, ctx: Any, core: tu
     if y0 >= y1 or x0 >= x1 or ky0 >= ky1 or kx0 >= kx1:
         return empty
     img, mask = distance[y0:y1, x0:x1], binary[y0:y1, x0:x1]
-    out = local_maxima(img, mask, footprint)
-    cut = _distance_to_cut((H, W), ctx.artificial)[y0:y1, x0:x1]
-    need = np.where(mask, filter_reach + 2 + np.ceil(img).astype(np.int64), filter_reach)
-    exact = (cut >= need).view(np.uint8)
-    certified = ndi.minimum_filter(exact, footprint=footprint, mode="nearest") > 0
+    # A core pixel's maximum looks no farther than the footprint's reach: search the core and
+    # that rim, not the whole padded window (edges of the box are clamped alike in both).
+    ry, rx = footprint.shape[0] // 2, footprint.shape[1] // 2
+    sy0, sy1, sx0, sx1 = max(ky0 - ry, 0), min(ky1 + ry, y1 - y0), max(kx0 - rx, 0), min(kx1 + rx, x1 - x0)
+    k = (slice(ky0 - sy0, ky1 - sy0), slice(kx0 - sx0, kx1 - sx0))
+    o = local_maxima(img[sy0:sy1, sx0:sx1], mask[sy0:sy1, sx0:sx1], footprint)[k]
     k = (slice(ky0, ky1), slice(kx0, kx1))
-    m, o = mask[k], out[k]
+    m = mask[k]
     ys, xs = np.nonzero(o)
+    uncertain = m.any() and _uncertain(img, mask, k, (y0, x0), (H, W), ctx.artificial, footprint, filter_reach)
     return {"values": img[k][o].astype(np.float64),
             "flat": (ys + ky0 + y0 + oy).astype(np.int64) * X + (xs + kx0 + x0 + ox),
-            "uncertain": bool((m & ~certified[k]).any()), "trivial": bool(o[m].all())}
+            "uncertain": bool(uncertain), "trivial": bool(o[m].all())}
+
+
+def _uncertain(img: np.ndarray, mask: np.ndarray, k: tuple[slice, slice], origin: tuple[int, int],
+               shape: tuple[int, int], artificial: tuple[bool, bool, bool, bool], footprint: np.ndarray,
+               filter_reach: int) -> bool:
+    """Whether a mask pixel of the core ``k`` (box coordinates; the box at ``origin`` of a window
+    of ``shape``) has a footprint pixel whose value may differ from the frame's.
+
+    A pixel ``q`` is exact when its depth to the nearest cut is at least ``need(q)``, at most
+    ``reach = filter_reach + 2 + ceil(max distance)``; a pixel whose footprint (half-size ``r``)
+    holds an inexact one is within ``reach + r`` of a cut. So only strips of that depth along
+    the artificial sides are looked at, each with ``r`` more rows of context so that its minimum
+    filter is the whole box's where it is read.
+    """
+    (y0, x0), (H, W), (h, w) = origin, shape, mask.shape
+    reach = filter_reach + 2 + int(np.ceil(img[mask].max()))
+    r = max(footprint.shape) // 2
+    depth = reach + r  # pixels this deep or deeper are certified
+    top, bottom, left, right = artificial
+    # (strip rows, strip cols, rows/cols read) per artificial side, in box coordinates
+    strips = []
+    if top:
+        strips.append(((0, min(h, depth + r - y0)), (0, w), (slice(0, max(0, depth - y0)), slice(None))))
+    if bottom:
+        lo = max(0, H - depth - r - y0)
+        strips.append(((lo, h), (0, w), (slice(max(0, H - depth - y0) - lo, None), slice(None))))
+    if left:
+        strips.append(((0, h), (0, min(w, depth + r - x0)), (slice(None), slice(0, max(0, depth - x0)))))
+    if right:
+        lo = max(0, W - depth - r - x0)
+        strips.append(((0, h), (lo, w), (slice(None), slice(max(0, W - depth - x0) - lo, None))))
+    core = np.zeros((h, w), bool)
+    core[k] = mask[k]
+    for (a, b), (c, d), read in strips:
+        if a >= b or c >= d or not core[a:b, c:d][read].any():
+            continue
+        sub_img, sub_mask = img[a:b, c:d], mask[a:b, c:d]
+        need = np.where(sub_mask, filter_reach + 2 + np.ceil(sub_img).astype(np.int64), filter_reach)
+        cut = _depth_to_cut(np.arange(a, b) + y0, np.arange(c, d) + x0, shape, artificial)
+        exact = (cut >= need).view(np.uint8)
+        certified = ndi.minimum_filter(exact, footprint=footprint, mode="nearest") > 0
+        if (core[a:b, c:d][read] & ~certified[read]).any():
+            return True
+    return False
 
 
 def frame_markers(partials: list[dict[str, Any]], frame_shape: tuple[int, int], min_distance: int,
