@@ -27,6 +27,20 @@ def test_ome_zarr_round_trip(tmp_path, version):
     np.testing.assert_array_equal(m.values, TCYX)
 
 
+def test_channel_coordinate_is_indexed_without_loading_duck_array_libraries(tmp_path):
+    """xarray infers an index by probing every installed duck-array library (pint, which
+    napari brings, takes 0.13 s to import); the coordinate comes with its index instead."""
+    import subprocess
+    import sys
+
+    p = write_ome_zarr_image(tmp_path / "m.ome.zarr", TCYX, ["nuclei", "cfse"], pixel_size_um=0.3)
+    code = ("import sys; from popseg_dask.io.movie import open_movie; m = open_movie(sys.argv[1]); "
+            "print('pint' in sys.modules, m.c.values.dtype.kind, list(m.sel(c=['cfse']).c.values), "
+            "m.isel(t=0, c=1).shape)")
+    out = subprocess.run([sys.executable, "-c", code, str(p)], capture_output=True, text=True, check=True).stdout
+    assert out.split(maxsplit=2) == ["False", "U", "['cfse'] (24, 32)\n"]
+
+
 def test_ome_zarr_other_axis_orders_and_singleton_z(tmp_path):
     czyx = TCYX[0][:, None]  # (c, z=1, y, x), no t
     p = write_ome_zarr_image(tmp_path / "czyx.ome.zarr", czyx, ["a", "b"], axes="czyx")
