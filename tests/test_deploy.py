@@ -313,31 +313,6 @@ def test_a_pending_client_starts_in_the_background_and_hands_back_its_errors():
     PendingClient(n_workers=1, dashboard=False).close()  # closed without ever being asked for
 
 
-def test_workers_are_held_back_only_where_they_would_take_the_clients_core(monkeypatch):
-    from popseg_dask import cluster
-
-    for cores, n, held in [(2, 1, 0), (2, 2, 1), (2, 4, 3), (16, 16, 1), (16, 15, 0), (16, 8, 0), (1, 1, 0)]:
-        monkeypatch.setattr(cluster, "default_workers", lambda cores=cores: cores)
-        assert cluster.held_workers(n) == held, (cores, n)
-
-
-def test_a_pending_client_starts_held_back_workers_once_asked_and_plans_for_all(monkeypatch):
-    from popseg_dask import cluster
-    from popseg_dask.pipeline import ClusterFacts
-
-    monkeypatch.setattr(cluster, "default_workers", lambda: 2)  # as on a 2-core machine
-    with cluster.PendingClient(n_workers=2, dashboard=False) as pending:
-        pending._thread.join()
-        started = len(pending._client.cluster.worker_spec)
-        client = pending.result()
-        # planned right away for both workers, the second still starting
-        assert ClusterFacts.of(client).threads == 2
-        client.wait_for_workers(2, timeout=60)
-        assert len(client.scheduler_info()["workers"]) == 2
-        assert pending.result() is client and len(client.cluster.worker_spec) == 2  # scaled once
-    assert started == 1
-
-
 def test_the_package_imports_its_heavy_parts_only_when_used():
     import subprocess
     import sys

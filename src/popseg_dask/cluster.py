@@ -72,17 +72,6 @@ def default_workers() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def held_workers(n: int) -> int:
-    """How many of ``n`` embedded workers to start only once the run is planned.
-
-    The client imports the pipeline and plans on one core while the workers' processes start.
-    When the workers alone fill the machine's cores, they and the client share them and the
-    first task waits for the slower of both; holding back one worker per core missing leaves
-    the client a core of its own, and the first task needs only one worker.
-    """
-    return max(0, min(n - 1, n + 1 - default_workers()))
-
-
 def detect_gpus() -> list[str]:
     """GPU ids this process may use: ``CUDA_VISIBLE_DEVICES`` if set, else what ``nvidia-smi -L`` lists."""
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
@@ -216,20 +205,14 @@ class PendingClient:
 
     ``popseg run`` starts its worker processes first, then imports the pipeline and plans the
     run (reads the config and the movie's metadata) while they start: the two overlap instead
-    of adding up. Where the workers would fill every core, :func:`held_workers` of them start
-    only when :meth:`result` is asked for, i.e. once the run is planned. :meth:`result` waits for
-    the client (re-raising what stopped it); :meth:`close` shuts down what was started, also
-    when :meth:`result` was never called.
+    of adding up. :meth:`result` waits for the client (re-raising what stopped it);
+    :meth:`close` shuts down what was started, also when :meth:`result` was never called.
     Keyword arguments are those of :func:`open_client` for an embedded cluster.
     """
 
     def __init__(self, **kwargs):
         import threading
 
-        n = kwargs.get("n_workers")
-        n = default_workers() if n is None else n
-        self._held = held_workers(n)
-        kwargs = {**kwargs, "n_workers": n - self._held}
         self._stack = contextlib.ExitStack()
         self._client = self._error = None
         self._imported = threading.Event()
@@ -255,11 +238,6 @@ class PendingClient:
         self._thread.join()
         if self._error is not None:
             raise self._error
-        if self._held:
-            # the caller has imported and planned: the held-back workers may have the cores now
-            cluster = self._client.cluster
-            cluster.scale(len(cluster.worker_spec) + self._held)
-            self._held = 0
         return self._client
 
     def close(self) -> None:

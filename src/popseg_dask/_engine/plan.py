@@ -78,12 +78,6 @@ def shard_units(frames: list[int], frames_per_shard: int, frames_per_task: int, 
     return [groups[i:i + per] for i in range(0, len(groups), per)]
 
 
-def _is_local(client) -> bool:
-    from distributed import LocalCluster
-
-    return isinstance(getattr(client, "cluster", None), LocalCluster)
-
-
 @dataclass(frozen=True)
 class ClusterFacts:
     """What a plan needs to know of the cluster: its worker threads and GPU workers."""
@@ -94,13 +88,9 @@ class ClusterFacts:
     @classmethod
     def of(cls, client) -> "ClusterFacts":
         """The facts of a connected cluster."""
-        workers = list(client.scheduler_info().get("workers", {}).values())
-        spec = getattr(getattr(client, "cluster", None), "worker_spec", None)
-        if _is_local(client) and spec and len(spec) > len(workers):
-            # an embedded cluster still starting some of its workers: plan for all of them
-            workers = [spec_worker["options"] for spec_worker in spec.values()]
-        gpus = sum(1 for w in workers if (w.get("resources") or {}).get("GPU", 0) >= 1)
-        return cls(max(1, sum(w.get("nthreads", 1) for w in workers)), gpus)
+        workers = client.scheduler_info().get("workers", {})
+        gpus = sum(1 for w in workers.values() if (w.get("resources") or {}).get("GPU", 0) >= 1)
+        return cls(max(1, sum(w.get("nthreads", 1) for w in workers.values())), gpus)
 
 
 @dataclass(frozen=True)
