@@ -163,6 +163,11 @@ def resolve_tile(segmenter: Any, block: np.ndarray, stats: Any, ctx: Any, tile: 
     X = plan.frame_shape[1]
     w = segment_window(segmenter, block, stats, ctx, segmented)
     prov, anchors = provisional_ids(w.local, w.keep, ctx.origin, X, dtype)
+    if ctx.is_whole_frame and tuple(tile.core) == (0, plan.frame_shape[0], 0, X):
+        # the core is the frame: nothing reaches another core and every cluster is resolved, so
+        # skip the frame-sized passes that would find so (0.035 s of a 0.5 s 2048² threshold frame)
+        shared = (np.zeros(0, np.int64), np.zeros(0, dtype))
+        return prov, TileResult(anchors, shared, [], w.vote, time.perf_counter() - t0)
     cy, cx = tile.core_in_window
     oy, ox = ctx.origin
     outside = np.ones(w.clusters.shape, bool)
