@@ -170,6 +170,58 @@ def test_fill_label_holes_is_stardists_loop(seed):
         assert np.array_equal(fill_label_holes(other), _fill_label_holes_one_by_one(other))
 
 
+def _simple_labels(rng, shape):
+    """``_holey_labels`` made what a watershed of a hole-filled mask gives: each piece of an
+    object an object of its own (ids shuffled), each enclosed background component an object."""
+    from scipy import ndimage as ndi
+    from skimage.measure import label
+
+    labels = label(_holey_labels(rng, shape), background=0, connectivity=1)
+    enclosed = ndi.binary_fill_holes(labels > 0) & (labels == 0)
+    holes, _ = ndi.label(enclosed)
+    labels = np.where(enclosed, holes + labels.max(), labels)
+    perm = np.r_[0, rng.permutation(int(labels.max())) + 1]
+    return perm[labels].astype(np.int32)
+
+
+@pytest.mark.parametrize("seed", range(16))
+def test_fill_label_holes_of_simple_labels_fills_only_enclosing_objects(seed):
+    """With the watershed's guarantees (objects in one piece, background open), filling only
+    the objects next to an enclosed one gives the loop's pixels: rings of smaller and larger
+    ids around others, rings within rings, objects on the border."""
+    from popseg_dask.segmenters.threshold import enclosing_objects, fill_label_holes
+
+    rng = np.random.default_rng(100 + seed)
+    shape = (int(rng.integers(1, 80)), int(rng.integers(1, 80))) if seed % 4 else (64, 64)
+    labels = _simple_labels(rng, shape)
+    expected = _fill_label_holes_one_by_one(labels)
+    got = fill_label_holes(labels, simple=True)
+    assert got.dtype == labels.dtype and np.array_equal(got, expected)
+    changed = np.unique(expected[expected != labels])
+    assert set(changed) <= set(enclosing_objects(labels))  # every id the fill wrote was a candidate
+    if shape == (64, 64):
+        assert len(changed)  # the rings enclose something: the fast path had work to do
+
+
+def test_fill_label_holes_simple_on_a_ring_within_a_ring():
+    from popseg_dask.segmenters.threshold import enclosing_objects, fill_label_holes
+
+    yy, xx = np.mgrid[:41, :41]
+    d = np.hypot(yy - 20, xx - 20)
+    for outer, middle, core in ((1, 2, 3), (3, 2, 1), (2, 3, 1)):
+        labels = np.zeros((41, 41), np.int32)
+        labels[d < 18] = outer
+        labels[d < 12] = middle
+        labels[d < 5] = core
+        # middle and core touch no background; every object touches one of them
+        assert list(enclosing_objects(labels)) == [1, 2, 3]
+        assert np.array_equal(fill_label_holes(labels, simple=True), _fill_label_holes_one_by_one(labels))
+    free = np.zeros((20, 20), np.int32)
+    free[2:8, 2:8], free[10:15, 3:9] = 1, 2  # nothing enclosed: nothing to fill, labels returned as they are
+    assert len(enclosing_objects(free)) == 0
+    assert np.array_equal(fill_label_holes(free, simple=True), free)
+
+
 def test_fill_label_holes_matches_stardist_when_installed():
     stardist = pytest.importorskip("stardist", reason="the stardist extra is not installed")
     rng = np.random.default_rng(7)
