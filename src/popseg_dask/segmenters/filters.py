@@ -26,6 +26,8 @@ from typing import Any, Callable
 import numpy as np
 from scipy import ndimage as ndi
 
+from . import rowfilters
+
 log = logging.getLogger(__name__)
 
 __all__ = ["FILTERS", "FilterSpec", "validate_filters", "apply_filters", "edge_width", "interpolate_nan"]
@@ -55,7 +57,7 @@ def _fix_nan(img: np.ndarray, interpolate: Any) -> np.ndarray:
 
 
 def _gauss(img, sigma, interpolate=True):
-    return ndi.gaussian_filter(_fix_nan(img, interpolate).astype(float), sigma)
+    return rowfilters.gaussian_filter(_fix_nan(img, interpolate).astype(float), sigma)
 
 
 def _median(img, size, interpolate=True):
@@ -93,8 +95,8 @@ def _ln(img, interpolate=True):
 
 def _window_moments(img, size):
     img = img.astype(float)
-    mean = ndi.uniform_filter(img, (size, size), mode="wrap")
-    sqr = ndi.uniform_filter(img**2, (size, size), mode="wrap")
+    mean = rowfilters.uniform_filter(img, size, mode="wrap")
+    sqr = rowfilters.uniform_filter(img**2, size, mode="wrap")
     return mean, sqr
 
 
